@@ -1,0 +1,215 @@
+// safepy: run a Python script's main() in a sandbox and print the envelope.
+#include "safepy/safepy.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+
+namespace {
+
+constexpr int k_usage_error = 2;
+constexpr int k_sandbox_failed = 3;
+
+struct Options {
+    safepy::Config config;
+    std::string jail = "auto";
+    std::map<std::string, std::string> limits;  // by limit name, as typed
+    bool details = false;
+};
+
+// Reads at most `cap` + 1 bytes, so that an oversized script is reported by
+// the library rather than read whole.
+bool read_script(const std::string& path, std::size_t cap, std::string& script, std::string& error) {
+    std::ifstream file;
+    std::istream* in = &std::cin;
+    if (path != "-") {
+        file.open(path, std::ios::binary);
+        if (!file) {
+            error = "cannot read " + path;
+            return false;
+        }
+        in = &file;
+    }
+    script.resize(cap + 1);
+    in->read(script.data(), static_cast<std::streamsize>(script.size()));
+    script.resize(static_cast<std::size_t>(in->gcount()));
+    if (in->bad()) {
+        error = "cannot read " + path;
+        return false;
+    }
+    return true;
+}
+
+void add_sandbox_options(CLI::App& command, Options& options) {
+    command.add_option("--jail", options.jail, "auto, nsjail or bwrap (auto prefers nsjail when found)")
+        ->check(CLI::IsMember({"auto", "nsjail", "bwrap"}));
+    command.add_option("--nsjail", options.config.nsjail_path, "path of the nsjail binary");
+    command.add_option("--bwrap", options.config.bwrap_path, "path of the bwrap binary");
+    command.add_option("--python", options.config.python_path, "Python inside the sandbox")->capture_default_str();
+    command.add_option("--nsjail-config", options.config.nsjail_config_path,
+                       "nsjail policy file (default: the built-in nsjail/safepy.cfg)");
+}
+
+void add_limit_options(CLI::App& command, Options& options) {
+    const safepy::Limits defaults;
+    for (const auto& field : safepy::limit_fields()) {
+        std::string flag = "--" + std::string(field.name);
+        for (auto& c : flag) {
+            c = c == '_' ? '-' : c;
+        }
+        const std::string name(field.name);
+        command.add_option_function<std::string>(
+            flag, [&options, name](const std::string& value) { options.limits[name] = value; },
+            std::string(field.summary) + " (default " + std::to_string(*safepy::get_limit(defaults, name)) + ")");
+    }
+}
+
+// Turns the typed limits into Limits; an error message on bad input.
+std::optional<std::string> build_limits(const Options& options, safepy::Limits& limits) {
+    for (const auto& [name, text] : options.limits) {
+        const auto value = safepy::parse_quantity(text);
+        if (!value) {
+            return "--" + name + ": not a number: " + text;
+        }
+        if (auto error = safepy::set_limit(limits, name, *value, options.config.maxima)) {
+            return *error;
+        }
+    }
+    return std::nullopt;
+}
+
+std::unique_ptr<safepy::Sandbox> make_sandbox(Options& options) {
+    options.config.jail = *safepy::parse_jail(options.jail);
+    std::string error;
+    auto sandbox = safepy::Sandbox::create(options.config, error);
+    if (!sandbox) {
+        std::cerr << "safepy: " << error << "\n";
+    }
+    return sandbox;
+}
+
+int run_command(Options& options, const std::string& path) {
+    safepy::Request request;
+    if (auto error = build_limits(options, request.limits)) {
+        std::cerr << "safepy: " << *error << "\n";
+        return k_usage_error;
+    }
+    std::string error;
+    if (!read_script(path, options.config.max_script_bytes, request.script, error)) {
+        std::cerr << "safepy: " << error << "\n";
+        return k_usage_error;
+    }
+    auto sandbox = make_sandbox(options);
+    if (!sandbox) {
+        return k_sandbox_failed;
+    }
+    const safepy::Outcome outcome = sandbox->run(request);
+    std::cout << safepy::envelope_json(outcome, options.details) << "\n";
+    if (!outcome.detail.empty()) {
+        std::cerr << "safepy: " << outcome.detail << "\n";
+    }
+    return safepy::exit_code(outcome.status);
+}
+
+int check_command(Options& options, const std::vector<std::string>& paths) {
+    auto sandbox = make_sandbox(options);
+    if (!sandbox) {
+        return k_sandbox_failed;
+    }
+    int worst = 0;
+    for (const auto& path : paths) {
+        safepy::Request request;
+        request.mode = safepy::Mode::check;
+        std::string error;
+        if (!read_script(path, options.config.max_script_bytes, request.script, error)) {
+            std::cerr << "safepy: " << error << "\n";
+            worst = std::max(worst, k_usage_error);
+            continue;
+        }
+        safepy::Outcome outcome = sandbox->run(request);
+        if (outcome.status == safepy::Status::ok) {
+            std::cout << path << ": ok\n";
+        } else {
+            std::cout << path << ": " << safepy::status_name(outcome.status) << ": " << outcome.error << "\n";
+            if (!outcome.detail.empty()) {
+                std::cerr << "safepy: " << outcome.detail << "\n";
+            }
+        }
+        worst = std::max(worst, safepy::exit_code(outcome.status));
+    }
+    return worst;
+}
+
+int doctor_command(Options& options) {
+    auto sandbox = make_sandbox(options);
+    if (!sandbox) {
+        return k_sandbox_failed;
+    }
+    const safepy::Diagnostics d = sandbox->diagnostics(true);
+    std::cout << "jail:             " << d.jail << " (" << d.jail_path << ")\n"
+              << "resource control: " << d.resource_control
+              << (d.cgroup_path.empty() ? "" : " (" + d.cgroup_path + ")") << "\n"
+              << "python:           " << d.python_path << "\n";
+    for (const auto& note : d.notes) {
+        std::cout << "note:             " << note << "\n";
+    }
+    const safepy::Limits defaults;
+    const auto& maxima = sandbox->config().maxima;
+    std::cout << "limits (default / maximum):\n";
+    for (const auto& field : safepy::limit_fields()) {
+        std::cout << "  " << field.name << ": " << *safepy::get_limit(defaults, field.name) << " / "
+                  << *safepy::get_limit(maxima, field.name) << "\n";
+    }
+    if (d.probe_status != safepy::Status::ok) {
+        std::cout << "probe run:        FAILED (" << safepy::status_name(d.probe_status) << "): " << d.probe_error
+                  << "\n";
+        return safepy::exit_code(d.probe_status) == 0 ? k_sandbox_failed : safepy::exit_code(d.probe_status);
+    }
+    std::cout << "probe run:        ok in " << d.probe_wall.count() << " ms\n"
+              << "python version:   " << d.python_version << "\n"
+              << "numpy version:    " << d.numpy_version << "\n"
+              << "pandas version:   " << d.pandas_version << "\n";
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"safepy: run untrusted Python in a sandbox.\n"
+                 "Exit codes: 0 success, 1 the script failed, 2 usage error or invalid request, "
+                 "3 the sandbox failed."};
+    app.require_subcommand(1);
+    Options options;
+
+    std::string path;
+    auto* run = app.add_subcommand("run", "run FILE (or - for stdin) and print the JSON envelope");
+    run->add_option("file", path, "the script, or - to read it from stdin")->required();
+    run->add_flag("--details", options.details, "add \"status\" and \"usage\" (time, memory) to the envelope");
+    add_limit_options(*run, options);
+    add_sandbox_options(*run, options);
+
+    std::vector<std::string> paths;
+    auto* check = app.add_subcommand("check", "check scripts (syntax, a top-level main) without running them");
+    check->add_option("files", paths, "scripts to check, - for stdin")->required();
+    add_sandbox_options(*check, options);
+
+    auto* doctor = app.add_subcommand("doctor", "report the jail, cgroups, limits and Python versions in effect");
+    add_sandbox_options(*doctor, options);
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& error) {
+        const int code = app.exit(error);
+        return code == 0 ? 0 : k_usage_error;
+    }
+    if (*run) {
+        return run_command(options, path);
+    }
+    if (*check) {
+        return check_command(options, paths);
+    }
+    return doctor_command(options);
+}

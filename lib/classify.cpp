@@ -1,0 +1,150 @@
+#include "classify.hpp"
+
+#include <csignal>
+#include <cstring>
+#include <sys/wait.h>
+
+namespace safepy {
+namespace {
+
+constexpr std::string_view k_invalid_json = "Execution did not return valid JSON";
+constexpr std::string_view k_no_main = "Script must contain a main() function";
+
+std::string tail(const std::string& text, std::size_t bytes) {
+    return text.size() <= bytes ? text : "..." + text.substr(text.size() - bytes);
+}
+
+Verdict sandbox_failure(std::string what, std::string detail) {
+    return {Status::sandbox_error, "Sandbox failure (not caused by the script): " + what, std::move(detail)};
+}
+
+Verdict from_record(const Evidence& evidence, int exit_code) {
+    const auto& report = evidence.report;
+    const std::string& kind = *report.kind;
+    if (kind == "ok") {
+        if (exit_code != 0) {
+            return {Status::script_error, "Script ended with status " + std::to_string(exit_code) +
+                                              " after main() returned", ""};
+        }
+        if (evidence.result_error) {
+            return {Status::invalid_result, std::string(k_invalid_json) + ": " + *evidence.result_error, ""};
+        }
+        return {Status::ok, "", ""};
+    }
+    if (kind == "no_main") {
+        return {Status::invalid_script, std::string(k_no_main), ""};
+    }
+    if (kind == "syntax_error" || kind == "bad_main") {
+        return {Status::invalid_script, report.body, ""};
+    }
+    if (kind == "invalid_result") {
+        return {Status::invalid_result, std::string(k_invalid_json) + ": " + report.body, ""};
+    }
+    if (kind == "memory") {
+        return {Status::memory_limit,
+                "Memory limit of " + std::to_string(evidence.limits.memory_bytes) + " bytes exceeded (" +
+                    report.body + ")", ""};
+    }
+    // "exception" and "exit"
+    return {Status::script_error, report.body, ""};
+}
+
+}  // namespace
+
+RunnerReport parse_runner_report(const std::string& channel) {
+    RunnerReport report;
+    if (channel.empty()) {
+        return report;
+    }
+    if (channel[0] != 'S') {
+        report.malformed = true;
+        return report;
+    }
+    report.started = true;
+    if (channel.size() == 1) {
+        return report;
+    }
+    const auto newline = channel.find('\n');
+    if (channel[1] != 'R' || newline == std::string::npos) {
+        report.malformed = true;
+        return report;
+    }
+    std::string kind = channel.substr(2, newline - 2);
+    static const char* const k_kinds[] = {"ok",        "syntax_error", "no_main", "bad_main",
+                                          "exception", "exit",         "memory",  "invalid_result"};
+    bool known = false;
+    for (const char* name : k_kinds) {
+        known = known || kind == name;
+    }
+    if (!known) {
+        report.malformed = true;
+        return report;
+    }
+    report.kind = std::move(kind);
+    report.body = channel.substr(newline + 1);
+    return report;
+}
+
+std::string signal_name(int signal) {
+    const char* abbreviation = sigabbrev_np(signal);
+    return abbreviation ? "SIG" + std::string(abbreviation) : "signal " + std::to_string(signal);
+}
+
+Verdict classify(const Evidence& evidence) {
+    const Limits& limits = evidence.limits;
+    if (!evidence.spawn_error.empty()) {
+        return sandbox_failure("the jail could not be started", evidence.spawn_error);
+    }
+    if (evidence.stdout_over) {
+        return {Status::output_limit, "Output limit exceeded: stdout is capped at " +
+                                          std::to_string(limits.stdout_bytes) + " bytes", ""};
+    }
+    if (evidence.stderr_over) {
+        return {Status::output_limit, "Output limit exceeded: stderr is capped at " +
+                                          std::to_string(limits.stderr_bytes) + " bytes", ""};
+    }
+    if (evidence.result_over) {
+        return {Status::output_limit, "Output limit exceeded: the result is capped at " +
+                                          std::to_string(limits.result_bytes) + " bytes", ""};
+    }
+    if (evidence.wall_timeout) {
+        return {Status::timeout, "Execution timed out after " + std::to_string(limits.wall.count()) +
+                                     " ms (wall-clock limit)", ""};
+    }
+    // A process killed by its CPU rlimit gets SIGXCPU (soft) or SIGKILL (hard).
+    const bool signalled = WIFSIGNALED(evidence.wait_status);
+    const int exit_code = WIFEXITED(evidence.wait_status) ? WEXITSTATUS(evidence.wait_status) : -1;
+    const int jail_signal = signalled ? WTERMSIG(evidence.wait_status) : (exit_code > 128 ? exit_code - 128 : 0);
+    const bool cpu_signal = jail_signal == SIGXCPU || (jail_signal == SIGKILL && evidence.cpu >= limits.cpu);
+    if (evidence.cpu_timeout || (evidence.report.started && cpu_signal && !evidence.report.kind)) {
+        return {Status::timeout, "Execution timed out: CPU time limit of " + std::to_string(limits.cpu.count()) +
+                                     " ms exceeded", ""};
+    }
+    if (evidence.oom_kills > 0) {
+        return {Status::memory_limit, "Memory limit of " + std::to_string(limits.memory_bytes) +
+                                          " bytes exceeded: the script was killed", ""};
+    }
+    if (!evidence.report.started && !evidence.report.malformed) {
+        std::string how = signalled ? "was killed by " + signal_name(WTERMSIG(evidence.wait_status))
+                                    : "exited with status " + std::to_string(exit_code);
+        return sandbox_failure(evidence.jail + " " + how + " before the script started",
+                               evidence.jail + " " + how + "; log: " + tail(evidence.jail_log, 4000));
+    }
+    // From here on the script had the channel: anything odd on it is its doing.
+    if (evidence.report.malformed) {
+        return {Status::script_error, "Script wrote to safepy's result channel", ""};
+    }
+    if (evidence.report.kind) {
+        return from_record(evidence, signalled ? 128 + WTERMSIG(evidence.wait_status) : exit_code);
+    }
+    if (signalled || jail_signal > 0) {
+        return {Status::script_error, "Script was killed by " + signal_name(jail_signal) + " before main() returned", ""};
+    }
+    if (exit_code == 70) {
+        return {Status::script_error, "Script broke safepy's result channel before main() returned", ""};
+    }
+    return {Status::script_error, "Script exited with status " + std::to_string(exit_code) +
+                                      " before main() returned", ""};
+}
+
+}  // namespace safepy

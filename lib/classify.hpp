@@ -1,0 +1,50 @@
+// Deciding how a run ended, from evidence in a fixed order. Pure.
+#pragma once
+
+#include "safepy/safepy.hpp"
+
+#include <optional>
+#include <string>
+
+namespace safepy {
+
+// What the runner reported on the result channel (see runner.py).
+struct RunnerReport {
+    bool started = false;         // the "S" marker arrived: the jail worked
+    std::optional<std::string> kind;  // the final record's kind, when one arrived
+    std::string body;             // its body
+    bool malformed = false;       // bytes that the runner would never write
+};
+
+// Splits the raw result channel into a report.
+RunnerReport parse_runner_report(const std::string& channel);
+
+struct Evidence {
+    std::string spawn_error;      // the jail could not be started at all
+    bool stdout_over = false;
+    bool stderr_over = false;
+    bool result_over = false;
+    bool wall_timeout = false;
+    bool cpu_timeout = false;     // the library's CPU accounting passed the limit
+    std::uint64_t oom_kills = 0;  // from the run's cgroup
+    int wait_status = 0;          // raw status of the jail process
+    std::chrono::milliseconds cpu{0};
+    RunnerReport report;
+    std::optional<std::string> result_error;  // why the ok record's JSON was rejected
+    Limits limits;
+    std::string jail;             // for messages
+    std::string jail_log;         // nsjail's log, for the operator
+};
+
+struct Verdict {
+    Status status = Status::sandbox_error;
+    std::string error;   // for the envelope; empty when ok
+    std::string detail;  // for the operator's log (sandbox errors)
+};
+
+Verdict classify(const Evidence& evidence);
+
+// "SIGSEGV" for 11, "signal 99" for an unknown number.
+std::string signal_name(int signal);
+
+}  // namespace safepy

@@ -1,0 +1,14 @@
+// Files built into the binary, so that `safepy run` needs no config files.
+#pragma once
+
+#include <string_view>
+
+namespace safepy {
+
+// lib/runner.py: the code that runs inside the jail.
+std::string_view embedded_runner();
+
+// nsjail/safepy.cfg: the default nsjail policy.
+std::string_view embedded_nsjail_config();
+
+}  // namespace safepy

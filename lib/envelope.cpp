@@ -1,0 +1,175 @@
+#include "envelope.hpp"
+
+#include "safepy/safepy.hpp"
+
+#include <boost/json/basic_parser_impl.hpp>
+#include <boost/json/serialize.hpp>
+#include <boost/json/string.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/value.hpp>
+
+namespace safepy {
+namespace {
+
+namespace json = boost::json;
+
+// Accepts everything; basic_parser does the syntax, depth and UTF-8 checks.
+struct ValidatingHandler {
+    constexpr static std::size_t max_object_size = std::size_t(-1);
+    constexpr static std::size_t max_array_size = std::size_t(-1);
+    constexpr static std::size_t max_key_size = std::size_t(-1);
+    constexpr static std::size_t max_string_size = std::size_t(-1);
+
+    int depth = 0;
+    bool top_is_container = false;
+
+    bool begin_container() {
+        if (depth++ == 0) {
+            top_is_container = true;
+        }
+        return true;
+    }
+    bool on_document_begin(json::error_code&) { return true; }
+    bool on_document_end(json::error_code&) { return true; }
+    bool on_object_begin(json::error_code&) { return begin_container(); }
+    bool on_object_end(std::size_t, json::error_code&) { return --depth, true; }
+    bool on_array_begin(json::error_code&) { return begin_container(); }
+    bool on_array_end(std::size_t, json::error_code&) { return --depth, true; }
+    bool on_key_part(json::string_view, std::size_t, json::error_code&) { return true; }
+    bool on_key(json::string_view, std::size_t, json::error_code&) { return true; }
+    bool on_string_part(json::string_view, std::size_t, json::error_code&) { return true; }
+    bool on_string(json::string_view, std::size_t, json::error_code&) { return true; }
+    bool on_number_part(json::string_view, json::error_code&) { return true; }
+    bool on_int64(std::int64_t, json::string_view, json::error_code&) { return true; }
+    bool on_uint64(std::uint64_t, json::string_view, json::error_code&) { return true; }
+    bool on_double(double, json::string_view, json::error_code&) { return true; }
+    bool on_bool(bool, json::error_code&) { return true; }
+    bool on_null(json::error_code&) { return true; }
+    bool on_comment_part(json::string_view, json::error_code&) { return true; }
+    bool on_comment(json::string_view, json::error_code&) { return true; }
+};
+
+std::string usage_json(const Outcome& outcome) {
+    json::object usage;
+    usage["wall_ms"] = outcome.usage.wall.count();
+    usage["cpu_ms"] = outcome.usage.cpu.count();
+    usage["peak_memory_bytes"] = outcome.usage.peak_memory_bytes;
+    usage["stdout_truncated"] = outcome.stdout_truncated;
+    usage["stderr_truncated"] = outcome.stderr_truncated;
+    usage["jail"] = outcome.jail;
+    usage["resource_control"] = outcome.resource_control;
+    return json::serialize(usage);
+}
+
+}  // namespace
+
+std::optional<std::string> validate_result_json(std::string_view text, std::size_t max_depth) {
+    json::parse_options options;
+    options.max_depth = max_depth;
+    json::basic_parser<ValidatingHandler> parser(options);
+    json::error_code error;
+    const std::size_t used = parser.write_some(false, text.data(), text.size(), error);
+    if (error) {
+        return "invalid JSON at byte " + std::to_string(used) + " (" + error.message() + ")";
+    }
+    if (text.substr(used).find_first_not_of(" \t\r\n") != std::string_view::npos) {
+        return "invalid JSON: data after the value at byte " + std::to_string(used);
+    }
+    if (!parser.handler().top_is_container) {
+        return "the result must be a JSON object or array";
+    }
+    return std::nullopt;
+}
+
+std::string repair_utf8(std::string_view bytes) {
+    std::string out;
+    out.reserve(bytes.size());
+    const auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
+    const std::size_t size = bytes.size();
+    std::size_t i = 0;
+    while (i < size) {
+        const unsigned char lead = data[i];
+        std::size_t length = 0;
+        unsigned char low = 0x80, high = 0xBF;
+        if (lead < 0x80) {
+            out.push_back(static_cast<char>(lead));
+            ++i;
+            continue;
+        } else if (lead >= 0xC2 && lead <= 0xDF) {
+            length = 2;
+        } else if (lead >= 0xE0 && lead <= 0xEF) {
+            length = 3;
+            low = lead == 0xE0 ? 0xA0 : 0x80;
+            high = lead == 0xED ? 0x9F : 0xBF;  // no surrogates
+        } else if (lead >= 0xF0 && lead <= 0xF4) {
+            length = 4;
+            low = lead == 0xF0 ? 0x90 : 0x80;
+            high = lead == 0xF4 ? 0x8F : 0xBF;
+        }
+        std::size_t valid = length ? 1 : 0;
+        while (valid > 0 && valid < length && i + valid < size) {
+            const unsigned char next = data[i + valid];
+            const unsigned char lo = valid == 1 ? low : 0x80;
+            const unsigned char hi = valid == 1 ? high : 0xBF;
+            if (next < lo || next > hi) {
+                break;
+            }
+            ++valid;
+        }
+        if (length && valid == length) {
+            out.append(bytes.substr(i, length));
+            i += length;
+        } else {
+            out.append("\xEF\xBF\xBD");  // one U+FFFD per maximal invalid prefix
+            i += valid ? valid : 1;
+        }
+    }
+    return out;
+}
+
+std::vector<std::string> parse_string_list(std::string_view text) {
+    json::error_code error;
+    const json::value value = json::parse(json::string_view(text.data(), text.size()), error);
+    std::vector<std::string> strings;
+    if (error || !value.is_array()) {
+        return strings;
+    }
+    for (const auto& item : value.get_array()) {
+        if (!item.is_string()) {
+            return {};
+        }
+        strings.emplace_back(item.get_string().c_str(), item.get_string().size());
+    }
+    return strings;
+}
+
+std::string json_string(std::string_view text) {
+    return json::serialize(json::string_view(text.data(), text.size()));
+}
+
+std::string envelope_json(const Outcome& outcome, bool with_details) {
+    // Written by hand with ", " and ": " separators so that the envelope of a
+    // success is byte for byte {"result": ..., "stdout": "..."}.
+    std::string out = "{";
+    if (outcome.status == Status::ok) {
+        out += "\"result\": " + outcome.result_json;
+        out += ", \"stdout\": " + json_string(repair_utf8(outcome.stdout_bytes));
+        if (with_details) {
+            out += ", \"status\": \"ok\"";
+        }
+    } else {
+        out += "\"error\": " + json_string(repair_utf8(outcome.error));
+        out += ", \"status\": \"" + std::string(status_name(outcome.status)) + "\"";
+        if (outcome.script_started) {
+            out += ", \"stdout\": " + json_string(repair_utf8(outcome.stdout_bytes));
+            out += ", \"stderr\": " + json_string(repair_utf8(outcome.stderr_bytes));
+        }
+    }
+    if (with_details) {
+        out += ", \"usage\": " + usage_json(outcome);
+    }
+    out += "}";
+    return out;
+}
+
+}  // namespace safepy

@@ -1,0 +1,182 @@
+// libsafepy: run an untrusted Python script's main() in a fresh sandbox.
+//
+// Every decision lives here; the CLI and the server only translate their input
+// into a Request, call Sandbox::run and print envelope_json(outcome).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace safepy {
+
+// How a run ended. Values are listed in the order a client usually switches on.
+enum class Status {
+    ok,               // main() returned a JSON object or array
+    invalid_request,  // the request itself was rejected before anything ran
+    invalid_script,   // syntax error, no callable main(), or main() needs arguments
+    script_error,     // exception, sys.exit/os._exit before main() returned, signal, bad exit
+    invalid_result,   // main() returned something that is not a JSON object or array
+    timeout,          // wall-clock or CPU-time limit reached
+    memory_limit,     // memory limit reached (cgroup OOM kill or MemoryError)
+    output_limit,     // stdout, stderr or the result exceeded its cap
+    sandbox_error,    // the sandbox itself failed: our bug or the deployment's, never the script's
+};
+
+// The lower-case name used in JSON ("ok", "script_error", ...).
+std::string_view status_name(Status status);
+
+// Parses a status name; empty when unknown.
+std::optional<Status> parse_status(std::string_view name);
+
+// Per-run resource limits. Every field is enforced under both jails.
+struct Limits {
+    std::chrono::milliseconds wall{10'000};
+    std::chrono::milliseconds cpu{10'000};
+    std::uint64_t memory_bytes = 512ull << 20;
+    std::uint32_t processes = 64;  // processes and threads, the jail's own included
+    std::uint64_t tmp_bytes = 64ull << 20;
+    std::uint64_t file_bytes = 32ull << 20;  // largest file the script may write
+    std::uint32_t open_files = 256;
+    std::uint64_t stdout_bytes = 1ull << 20;
+    std::uint64_t stderr_bytes = 1ull << 20;
+    std::uint64_t result_bytes = 16ull << 20;  // main()'s serialised return value
+
+    bool operator==(const Limits&) const = default;
+};
+
+// The largest values an operator allows by default; a request cannot exceed them.
+Limits default_maxima();
+
+// One limit by name, for CLI flags and request fields.
+struct LimitField {
+    std::string_view name;     // e.g. "wall_ms", "memory_bytes"
+    std::string_view summary;  // one line for --help and the README
+};
+const std::vector<LimitField>& limit_fields();
+
+// Sets the limit called `name` to `value`; an error message when the name is
+// unknown or the value is out of range (zero, or above `maxima`).
+std::optional<std::string> set_limit(Limits& limits, std::string_view name, std::uint64_t value,
+                                     const Limits& maxima);
+
+// Parses a limit value: digits with an optional K, M or G suffix (binary
+// multiples, for byte limits); empty when malformed or out of range.
+std::optional<std::uint64_t> parse_quantity(std::string_view text);
+
+// Reads the limit called `name`; empty when unknown.
+std::optional<std::uint64_t> get_limit(const Limits& limits, std::string_view name);
+
+// An error message when any limit is zero or above `maxima`.
+std::optional<std::string> check_limits(const Limits& limits, const Limits& maxima);
+
+enum class Mode {
+    run,    // execute the script and call main()
+    check,  // compile it and look for a top-level main, without executing it
+};
+
+struct Request {
+    std::string script;  // Python source; UTF-8 expected, validated by Python
+    Limits limits;
+    Mode mode = Mode::run;
+};
+
+enum class JailKind { automatic, nsjail, bwrap };
+
+std::string_view jail_name(JailKind kind);
+std::optional<JailKind> parse_jail(std::string_view name);
+
+// Deployment settings, fixed for the life of a Sandbox.
+struct Config {
+    JailKind jail = JailKind::automatic;   // automatic prefers nsjail when it is found
+    std::string nsjail_path;               // empty: search PATH
+    std::string bwrap_path;                // empty: search PATH
+    std::string python_path = "/usr/bin/python3";
+    std::string nsjail_config_path;        // empty: the embedded nsjail/safepy.cfg
+    std::uint32_t sandbox_uid = 65534;     // host uid the script runs as
+    std::uint32_t sandbox_gid = 65534;
+    bool require_cgroup = false;           // refuse to start without a per-run cgroup
+    std::size_t max_script_bytes = 1u << 20;
+    Limits maxima = default_maxima();
+};
+
+struct Usage {
+    std::chrono::milliseconds wall{0};
+    std::chrono::milliseconds cpu{0};
+    std::uint64_t peak_memory_bytes = 0;
+};
+
+struct Outcome {
+    Status status = Status::sandbox_error;
+    std::string error;         // the envelope's "error" text; empty when ok
+    std::string result_json;   // main()'s value as validated JSON text; only when ok
+    std::string stdout_bytes;  // raw, possibly invalid UTF-8, at most the stdout cap
+    std::string stderr_bytes;
+    bool script_started = false;  // Python ran inside the jail: stdout/stderr belong in the envelope
+    bool stdout_truncated = false;
+    bool stderr_truncated = false;
+    Usage usage;
+    std::string jail;              // "nsjail" or "bwrap"; empty when nothing ran
+    std::string resource_control;  // "cgroup-v2", "cgroup-v1" or "rlimits-only"
+    std::string detail;            // for sandbox_error: what failed, for the operator's log
+};
+
+// Serialises an outcome as the JSON envelope:
+//   ok:    {"result": <value>, "stdout": "..."}
+//   error: {"error": "...", "status": "<status_name>"[, "stdout": "...", "stderr": "..."]}
+// With `with_details`, "status" is always present and "usage" is added.
+// Invalid UTF-8 in the output is replaced by U+FFFD.
+std::string envelope_json(const Outcome& outcome, bool with_details = false);
+
+// The CLI's exit code for a status: 0 ok, 1 the script failed, 2 usage or
+// invalid request, 3 the sandbox failed.
+int exit_code(Status status);
+
+struct Diagnostics {
+    std::string jail;
+    std::string jail_path;
+    std::string resource_control;
+    std::string cgroup_path;
+    std::string python_path;
+    std::vector<std::string> notes;  // e.g. why a cgroup is not used
+    // Filled by a probe run inside the sandbox:
+    Status probe_status = Status::sandbox_error;
+    std::string probe_error;
+    std::string python_version;
+    std::string numpy_version;
+    std::string pandas_version;
+    std::chrono::milliseconds probe_wall{0};
+};
+
+class Sandbox {
+public:
+    // Resolves the jail and cgroups once, and removes what killed earlier
+    // processes left behind. On failure returns nullptr and sets `error`.
+    static std::unique_ptr<Sandbox> create(const Config& config, std::string& error);
+
+    ~Sandbox();
+    Sandbox(const Sandbox&) = delete;
+    Sandbox& operator=(const Sandbox&) = delete;
+
+    // Runs one request in a fresh sandbox. Never throws; safe from many threads.
+    Outcome run(const Request& request) const noexcept;
+
+    // The defaults a request starts from, and the maxima it may not exceed.
+    const Config& config() const;
+
+    // What is in effect; with `probe`, also runs a script in the sandbox that
+    // reports the Python, numpy and pandas versions.
+    Diagnostics diagnostics(bool probe) const;
+
+    struct Impl;
+
+private:
+    explicit Sandbox(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> m_impl;
+};
+
+}  // namespace safepy

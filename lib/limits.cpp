@@ -1,0 +1,151 @@
+#include "safepy/safepy.hpp"
+
+#include <array>
+#include <charconv>
+#include <limits>
+
+namespace safepy {
+namespace {
+
+struct FieldSpec {
+    LimitField field;
+    std::uint64_t minimum;
+    std::uint64_t Limits::*bytes = nullptr;
+    std::uint32_t Limits::*count = nullptr;
+    std::chrono::milliseconds Limits::*duration = nullptr;
+};
+
+// The minimums keep a run able to start at all (the jail's own processes and
+// descriptors count), so that a tiny limit reads as the script's failure.
+const std::array<FieldSpec, 10> k_fields = {{
+    {{"wall_ms", "wall-clock time limit in milliseconds"}, 1, nullptr, nullptr, &Limits::wall},
+    {{"cpu_ms", "CPU time limit in milliseconds (all processes of the run)"}, 1, nullptr, nullptr, &Limits::cpu},
+    {{"memory_bytes", "memory limit in bytes (RAM of all processes, /tmp included)"}, 16u << 20, &Limits::memory_bytes},
+    {{"processes", "most processes and threads at once"}, 4, nullptr, &Limits::processes},
+    {{"tmp_bytes", "size of the private /tmp in bytes"}, 4096, &Limits::tmp_bytes},
+    {{"file_bytes", "largest file the script may write, in bytes"}, 4096, &Limits::file_bytes},
+    {{"open_files", "most open file descriptors per process"}, 16, nullptr, &Limits::open_files},
+    {{"stdout_bytes", "stdout cap in bytes; more ends the run"}, 1, &Limits::stdout_bytes},
+    {{"stderr_bytes", "stderr cap in bytes; more ends the run"}, 1, &Limits::stderr_bytes},
+    {{"result_bytes", "cap on main()'s serialised result in bytes"}, 16, &Limits::result_bytes},
+}};
+
+const FieldSpec* find_field(std::string_view name) {
+    for (const auto& spec : k_fields) {
+        if (spec.field.name == name) {
+            return &spec;
+        }
+    }
+    return nullptr;
+}
+
+std::uint64_t read_field(const FieldSpec& spec, const Limits& limits) {
+    if (spec.bytes) {
+        return limits.*spec.bytes;
+    }
+    if (spec.count) {
+        return limits.*spec.count;
+    }
+    return static_cast<std::uint64_t>((limits.*spec.duration).count());
+}
+
+void write_field(const FieldSpec& spec, Limits& limits, std::uint64_t value) {
+    if (spec.bytes) {
+        limits.*spec.bytes = value;
+    } else if (spec.count) {
+        limits.*spec.count = static_cast<std::uint32_t>(value);
+    } else {
+        limits.*spec.duration = std::chrono::milliseconds(static_cast<std::int64_t>(value));
+    }
+}
+
+std::optional<std::string> check_value(const FieldSpec& spec, std::uint64_t value, const Limits& maxima) {
+    const std::uint64_t maximum = read_field(spec, maxima);
+    if (value < spec.minimum || value > maximum) {
+        return std::string(spec.field.name) + " must be between " + std::to_string(spec.minimum) + " and " +
+               std::to_string(maximum) + ", got " + std::to_string(value);
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
+Limits default_maxima() {
+    Limits maxima;
+    maxima.wall = std::chrono::minutes(5);
+    maxima.cpu = std::chrono::minutes(5);
+    maxima.memory_bytes = 8ull << 30;
+    maxima.processes = 1024;
+    maxima.tmp_bytes = 4ull << 30;
+    maxima.file_bytes = 4ull << 30;
+    maxima.open_files = 4096;
+    maxima.stdout_bytes = 256ull << 20;
+    maxima.stderr_bytes = 256ull << 20;
+    maxima.result_bytes = 256ull << 20;
+    return maxima;
+}
+
+const std::vector<LimitField>& limit_fields() {
+    static const std::vector<LimitField> fields = [] {
+        std::vector<LimitField> out;
+        for (const auto& spec : k_fields) {
+            out.push_back(spec.field);
+        }
+        return out;
+    }();
+    return fields;
+}
+
+std::optional<std::string> set_limit(Limits& limits, std::string_view name, std::uint64_t value,
+                                     const Limits& maxima) {
+    const FieldSpec* spec = find_field(name);
+    if (!spec) {
+        return "unknown limit '" + std::string(name) + "'";
+    }
+    if (auto error = check_value(*spec, value, maxima)) {
+        return error;
+    }
+    write_field(*spec, limits, value);
+    return std::nullopt;
+}
+
+std::optional<std::uint64_t> parse_quantity(std::string_view text) {
+    std::uint64_t multiplier = 1;
+    if (!text.empty()) {
+        switch (text.back()) {
+        case 'K': case 'k': multiplier = 1ull << 10; break;
+        case 'M': case 'm': multiplier = 1ull << 20; break;
+        case 'G': case 'g': multiplier = 1ull << 30; break;
+        default: break;
+        }
+        if (multiplier != 1) {
+            text.remove_suffix(1);
+        }
+    }
+    std::uint64_t value = 0;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (text.empty() || error != std::errc() || end != text.data() + text.size() ||
+        value > std::numeric_limits<std::uint64_t>::max() / multiplier) {
+        return std::nullopt;
+    }
+    return value * multiplier;
+}
+
+std::optional<std::uint64_t> get_limit(const Limits& limits, std::string_view name) {
+    const FieldSpec* spec = find_field(name);
+    if (!spec) {
+        return std::nullopt;
+    }
+    return read_field(*spec, limits);
+}
+
+std::optional<std::string> check_limits(const Limits& limits, const Limits& maxima) {
+    for (const auto& spec : k_fields) {
+        if (auto error = check_value(spec, read_field(spec, limits), maxima)) {
+            return error;
+        }
+    }
+    return std::nullopt;
+}
+
+}  // namespace safepy

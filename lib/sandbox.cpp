@@ -1,0 +1,303 @@
+#include "safepy/safepy.hpp"
+
+#include "cgroup.hpp"
+#include "classify.hpp"
+#include "embedded.hpp"
+#include "envelope.hpp"
+#include "jail_command.hpp"
+#include "seccomp_policy.hpp"
+#include "spawn.hpp"
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace safepy {
+
+struct Sandbox::Impl {
+    Config config;
+    JailKind jail = JailKind::bwrap;
+    std::string jail_path;
+    std::vector<MountEntry> mounts;
+    Cgroups cgroups;
+    std::string policy;  // bwrap: seccomp BPF; nsjail: config text
+    std::string kafel;
+    std::vector<std::string> notes;
+};
+
+namespace {
+
+bool is_executable(const std::string& path) {
+    struct stat info {};
+    return !path.empty() && stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode) && access(path.c_str(), X_OK) == 0;
+}
+
+std::string find_program(const std::string& name, std::initializer_list<const char*> extra) {
+    const char* path = std::getenv("PATH");
+    std::istringstream dirs(path ? path : "/usr/local/bin:/usr/bin:/bin");
+    std::string dir;
+    while (std::getline(dirs, dir, ':')) {
+        if (!dir.empty() && dir[0] == '/' && is_executable(dir + "/" + name)) {
+            return dir + "/" + name;
+        }
+    }
+    for (const char* candidate : extra) {
+        if (is_executable(candidate)) {
+            return candidate;
+        }
+    }
+    return "";
+}
+
+std::optional<std::string> read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        return std::nullopt;
+    }
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    return buffer.str();
+}
+
+// Checks that need no process: the request is rejected before anything runs.
+std::optional<std::string> check_request(const Request& request, const Config& config) {
+    if (request.script.size() > config.max_script_bytes) {
+        return "Script is " + std::to_string(request.script.size()) + " bytes; the limit is " +
+               std::to_string(config.max_script_bytes);
+    }
+    if (request.script.find('\0') != std::string::npos) {
+        return "Script contains a NUL byte";
+    }
+    if (auto error = check_limits(request.limits, config.maxima)) {
+        return "Invalid limits: " + *error;
+    }
+    return std::nullopt;
+}
+
+Outcome rejected(Status status, std::string error, std::string detail = "") {
+    Outcome outcome;
+    outcome.status = status;
+    outcome.error = std::move(error);
+    outcome.detail = std::move(detail);
+    return outcome;
+}
+
+}  // namespace
+
+Sandbox::Sandbox(std::unique_ptr<Impl> impl) : m_impl(std::move(impl)) {}
+Sandbox::~Sandbox() = default;
+
+const Config& Sandbox::config() const {
+    return m_impl->config;
+}
+
+std::unique_ptr<Sandbox> Sandbox::create(const Config& config, std::string& error) {
+    auto impl = std::make_unique<Impl>();
+    impl->config = config;
+    if (!is_executable(config.python_path)) {
+        error = "Python interpreter not found or not executable: " + config.python_path;
+        return nullptr;
+    }
+    if (auto problem = check_limits(Limits{}, config.maxima)) {
+        error = "The default limits exceed the configured maxima: " + *problem;
+        return nullptr;
+    }
+    const std::string nsjail = config.nsjail_path.empty() ? find_program("nsjail", {"/usr/local/bin/nsjail", "/usr/bin/nsjail"})
+                                                          : config.nsjail_path;
+    const std::string bwrap = config.bwrap_path.empty() ? find_program("bwrap", {"/usr/bin/bwrap"}) : config.bwrap_path;
+    switch (config.jail) {
+    case JailKind::nsjail:
+        if (!is_executable(nsjail)) {
+            error = "nsjail not found" + (nsjail.empty() ? std::string(" on PATH") : ": " + nsjail) +
+                    " (give its path with --nsjail, or choose --jail bwrap)";
+            return nullptr;
+        }
+        impl->jail = JailKind::nsjail;
+        impl->jail_path = nsjail;
+        break;
+    case JailKind::bwrap:
+        if (!is_executable(bwrap)) {
+            error = "bubblewrap not found" + (bwrap.empty() ? std::string(" on PATH") : ": " + bwrap) +
+                    " (apt-get install bubblewrap)";
+            return nullptr;
+        }
+        impl->jail = JailKind::bwrap;
+        impl->jail_path = bwrap;
+        break;
+    case JailKind::automatic:
+        if (is_executable(nsjail)) {
+            impl->jail = JailKind::nsjail;
+            impl->jail_path = nsjail;
+        } else if (is_executable(bwrap)) {
+            impl->jail = JailKind::bwrap;
+            impl->jail_path = bwrap;
+        } else {
+            error = "No jail found: install bubblewrap (apt-get install bubblewrap) or put nsjail on PATH";
+            return nullptr;
+        }
+        break;
+    }
+    impl->mounts = default_mounts(read_host_layout());
+    impl->kafel = seccomp_kafel_policy();
+    if (impl->jail == JailKind::nsjail) {
+        if (config.nsjail_config_path.empty()) {
+            impl->policy = std::string(embedded_nsjail_config());
+        } else if (auto text = read_file(config.nsjail_config_path)) {
+            impl->policy = *text;
+        } else {
+            error = "Cannot read the nsjail config " + config.nsjail_config_path;
+            return nullptr;
+        }
+    } else {
+        SeccompProgram program = compile_seccomp_bpf();
+        if (!program.error.empty()) {
+            error = "Cannot build the seccomp filter: " + program.error;
+            return nullptr;
+        }
+        impl->policy.assign(program.bpf.begin(), program.bpf.end());
+    }
+    std::string note;
+    impl->cgroups = Cgroups::detect(note);
+    if (!note.empty()) {
+        impl->notes.push_back(note);
+    }
+    if (impl->cgroups.version() == CgroupVersion::none && config.require_cgroup) {
+        error = "A per-run cgroup is required but none can be created: " + note;
+        return nullptr;
+    }
+    if (geteuid() == 0 && config.sandbox_uid == 0) {
+        error = "The sandbox uid must not be 0";
+        return nullptr;
+    }
+    if (geteuid() != 0) {
+        impl->notes.push_back("not started as root: scripts run as this user's uid " + std::to_string(geteuid()));
+    }
+    return std::unique_ptr<Sandbox>(new Sandbox(std::move(impl)));
+}
+
+Outcome Sandbox::run(const Request& request) const noexcept {
+    try {
+        const Impl& impl = *m_impl;
+        if (auto error = check_request(request, impl.config)) {
+            return rejected(Status::invalid_request, *error);
+        }
+        std::string cgroup_error;
+        auto cgroup = impl.cgroups.create(request.limits, cgroup_error);
+        if (!cgroup) {
+            return rejected(Status::sandbox_error, "Sandbox failure (not caused by the script): cannot create the run's cgroup",
+                            cgroup_error);
+        }
+
+        JailPlan plan;
+        plan.kind = impl.jail;
+        plan.jail_path = impl.jail_path;
+        plan.python_path = impl.config.python_path;
+        plan.mode = request.mode;
+        plan.limits = request.limits;
+        plan.uid = geteuid() == 0 ? impl.config.sandbox_uid : geteuid();
+        plan.gid = geteuid() == 0 ? impl.config.sandbox_gid : getegid();
+        plan.mounts = impl.mounts;
+        plan.seccomp_kafel = impl.kafel;
+        plan.runner_source = std::string(embedded_runner());
+
+        SpawnSpec spec;
+        spec.argv = jail_argv(plan);
+        spec.environment = {"PATH=/usr/bin:/bin"};
+        spec.script = request.script;
+        spec.policy = impl.policy;
+        spec.jail_log = impl.jail == JailKind::nsjail;
+        spec.limits = request.limits;
+        spec.rlimit_memory = impl.cgroups.version() == CgroupVersion::none;
+        spec.drop_privileges = geteuid() == 0;
+        spec.uid = plan.uid;
+        spec.gid = plan.gid;
+        spec.cgroup_join_fds = cgroup->join_fds();
+        const RunCgroup* run_cgroup = cgroup.get();
+        if (impl.cgroups.version() != CgroupVersion::none) {
+            spec.cpu_microseconds = [run_cgroup] { return run_cgroup->cpu_microseconds(); };
+            spec.kill_all = [run_cgroup] { run_cgroup->kill_all(); };
+        }
+        const SpawnResult spawned = spawn_and_drain(spec);
+        const CgroupUsage usage = cgroup->usage();
+        cgroup.reset();  // nothing of the run survives this line
+
+        Evidence evidence;
+        evidence.spawn_error = spawned.spawn_error;
+        evidence.stdout_over = spawned.stdout_over;
+        evidence.stderr_over = spawned.stderr_over;
+        evidence.result_over = spawned.result_over;
+        evidence.wall_timeout = spawned.wall_timeout;
+        evidence.cpu_timeout = spawned.cpu_timeout;
+        evidence.oom_kills = usage.oom_kills;
+        evidence.wait_status = spawned.wait_status;
+        evidence.cpu = usage.has_cpu ? std::chrono::milliseconds(usage.cpu_microseconds / 1000) : spawned.cpu;
+        evidence.report = parse_runner_report(spawned.result_bytes);
+        if (evidence.report.kind && *evidence.report.kind == "ok") {
+            evidence.result_error = validate_result_json(evidence.report.body);
+        }
+        evidence.limits = request.limits;
+        evidence.jail = std::string(jail_name(impl.jail));
+        evidence.jail_log = spawned.jail_log;
+        const Verdict verdict = classify(evidence);
+
+        Outcome outcome;
+        outcome.status = verdict.status;
+        outcome.error = verdict.error;
+        outcome.detail = verdict.detail;
+        if (verdict.status == Status::ok) {
+            outcome.result_json = evidence.report.body;
+        }
+        outcome.script_started = evidence.report.started;
+        outcome.stdout_bytes = spawned.stdout_bytes;
+        outcome.stderr_bytes = spawned.stderr_bytes;
+        outcome.stdout_truncated = spawned.stdout_over;
+        outcome.stderr_truncated = spawned.stderr_over;
+        outcome.usage.wall = spawned.wall;
+        outcome.usage.cpu = evidence.cpu;
+        outcome.usage.peak_memory_bytes = usage.peak_memory_bytes ? usage.peak_memory_bytes : spawned.max_rss_bytes;
+        outcome.jail = evidence.jail;
+        outcome.resource_control = impl.cgroups.name();
+        return outcome;
+    } catch (const std::exception& error) {
+        return rejected(Status::sandbox_error, "Sandbox failure (not caused by the script): internal error", error.what());
+    } catch (...) {
+        return rejected(Status::sandbox_error, "Sandbox failure (not caused by the script): internal error", "unknown exception");
+    }
+}
+
+Diagnostics Sandbox::diagnostics(bool probe) const {
+    Diagnostics diagnostics;
+    diagnostics.jail = std::string(jail_name(m_impl->jail));
+    diagnostics.jail_path = m_impl->jail_path;
+    diagnostics.resource_control = m_impl->cgroups.name();
+    diagnostics.cgroup_path = m_impl->cgroups.path();
+    diagnostics.python_path = m_impl->config.python_path;
+    diagnostics.notes = m_impl->notes;
+    if (!probe) {
+        return diagnostics;
+    }
+    Request request;
+    request.script =
+        "import sys, numpy, pandas\n"
+        "def main():\n"
+        "    return [sys.version.split()[0], numpy.__version__, pandas.__version__]\n";
+    const Outcome outcome = run(request);
+    diagnostics.probe_status = outcome.status;
+    diagnostics.probe_wall = outcome.usage.wall;
+    if (outcome.status != Status::ok) {
+        diagnostics.probe_error = outcome.error + (outcome.detail.empty() ? "" : " [" + outcome.detail + "]") +
+                                  (outcome.stderr_bytes.empty() ? "" : "\n" + outcome.stderr_bytes);
+        return diagnostics;
+    }
+    const auto versions = parse_string_list(outcome.result_json);
+    if (versions.size() == 3) {
+        diagnostics.python_version = versions[0];
+        diagnostics.numpy_version = versions[1];
+        diagnostics.pandas_version = versions[2];
+    }
+    return diagnostics;
+}
+
+}  // namespace safepy

@@ -1,0 +1,406 @@
+#include "spawn.hpp"
+
+#include "jail_command.hpp"
+
+#include <array>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/close_range.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <utility>
+
+namespace safepy {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+class Fd {
+public:
+    Fd() = default;
+    explicit Fd(int fd) : m_fd(fd) {}
+    ~Fd() { reset(); }
+    Fd(Fd&& other) noexcept : m_fd(other.release()) {}
+    Fd& operator=(Fd&& other) noexcept {
+        if (this != &other) {
+            reset(other.release());
+        }
+        return *this;
+    }
+    int get() const { return m_fd; }
+    int release() { return std::exchange(m_fd, -1); }
+    void reset(int fd = -1) {
+        if (m_fd >= 0) {
+            close(m_fd);
+        }
+        m_fd = fd;
+    }
+    explicit operator bool() const { return m_fd >= 0; }
+
+private:
+    int m_fd = -1;
+};
+
+struct Pipe {
+    Fd read;
+    Fd write;
+};
+
+bool make_pipe(Pipe& pipe) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        return false;
+    }
+    pipe.read.reset(fds[0]);
+    pipe.write.reset(fds[1]);
+    return true;
+}
+
+// A sealed in-memory file holding `content`, readable from offset 0.
+Fd memory_file(const char* name, const std::string& content) {
+    Fd fd(memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (!fd) {
+        return fd;
+    }
+    std::size_t done = 0;
+    while (done < content.size()) {
+        const ssize_t n = write(fd.get(), content.data() + done, content.size() - done);
+        if (n <= 0) {
+            return Fd();
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+    lseek(fd.get(), 0, SEEK_SET);
+    return fd;
+}
+
+// What the child reports through the exec-error pipe when set-up fails.
+struct ChildFailure {
+    int step;
+    int error_number;
+};
+
+const char* const k_child_steps[] = {"setpgid", "joining the cgroup", "arranging descriptors", "setrlimit",
+                                     "setgroups", "setresgid", "setresuid", "prctl", "execve"};
+
+[[noreturn]] void child_fail(int report_fd, int step) {
+    const ChildFailure failure{step, errno};
+    [[maybe_unused]] auto ignored = write(report_fd, &failure, sizeof failure);
+    _exit(127);
+}
+
+// Writes a decimal pid without allocating (we are between fork and exec).
+bool write_pid(int fd, pid_t pid) {
+    char digits[16];
+    int n = 0;
+    do {
+        digits[sizeof digits - 1 - n++] = static_cast<char>('0' + pid % 10);
+        pid /= 10;
+    } while (pid > 0);
+    return write(fd, digits + sizeof digits - n, static_cast<std::size_t>(n)) == n;
+}
+
+struct ChildPlan {
+    std::array<int, 7> target_fds;  // source descriptor for 0..6, -1: leave closed
+    std::vector<rlimit> limits;
+    std::vector<int> resources;
+};
+
+// Only async-signal-safe calls from here to execve: the parent may be a
+// threaded server.
+[[noreturn]] void run_child(const SpawnSpec& spec, const ChildPlan& plan, int report_fd, char* const* argv,
+                            char* const* envp) {
+    const int parent = getppid();
+    if (setpgid(0, 0) != 0) {
+        child_fail(report_fd, 0);
+    }
+    for (int fd : spec.cgroup_join_fds) {
+        if (!write_pid(fd, getpid())) {
+            child_fail(report_fd, 1);
+        }
+    }
+    // Move every source out of the way first so that dup2 cannot clobber one.
+    std::array<int, 7> moved{};
+    for (std::size_t i = 0; i < plan.target_fds.size(); ++i) {
+        moved[i] = plan.target_fds[i] < 0 ? -1 : fcntl(plan.target_fds[i], F_DUPFD_CLOEXEC, 64);
+        if (plan.target_fds[i] >= 0 && moved[i] < 0) {
+            child_fail(report_fd, 2);
+        }
+    }
+    const int report = fcntl(report_fd, F_DUPFD_CLOEXEC, 64 + static_cast<int>(moved.size()));
+    if (report < 0) {
+        child_fail(report_fd, 2);
+    }
+    report_fd = report;
+    for (std::size_t i = 0; i < moved.size(); ++i) {
+        if (moved[i] >= 0 && dup2(moved[i], static_cast<int>(i)) < 0) {
+            child_fail(report_fd, 2);
+        }
+    }
+    if (syscall(SYS_close_range, moved.size(), ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
+        child_fail(report_fd, 2);
+    }
+    for (std::size_t i = 0; i < plan.resources.size(); ++i) {
+        if (setrlimit(plan.resources[i], &plan.limits[i]) != 0) {
+            child_fail(report_fd, 3);
+        }
+    }
+    if (spec.drop_privileges) {
+        if (setgroups(0, nullptr) != 0) {
+            child_fail(report_fd, 4);
+        }
+        if (setresgid(spec.gid, spec.gid, spec.gid) != 0) {
+            child_fail(report_fd, 5);
+        }
+        if (setresuid(spec.uid, spec.uid, spec.uid) != 0) {
+            child_fail(report_fd, 6);
+        }
+    }
+    // Set after the uid change, which clears it.
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+        child_fail(report_fd, 7);
+    }
+    if (getppid() != parent) {
+        _exit(127);
+    }
+    execve(argv[0], argv, envp);
+    child_fail(report_fd, 8);
+}
+
+ChildPlan make_child_plan(const SpawnSpec& spec) {
+    ChildPlan plan{};
+    auto add = [&plan](int resource, rlim_t soft, rlim_t hard) {
+        plan.resources.push_back(resource);
+        plan.limits.push_back({soft, hard});
+    };
+    const auto cpu_seconds = static_cast<rlim_t>((spec.limits.cpu.count() + 999) / 1000);
+    // Soft limit: SIGXCPU, which the classifier reads as a CPU timeout; the
+    // hard limit one second later is the backstop.
+    add(RLIMIT_CPU, cpu_seconds, cpu_seconds + 1);
+    add(RLIMIT_FSIZE, spec.limits.file_bytes, spec.limits.file_bytes);
+    add(RLIMIT_NOFILE, spec.limits.open_files, spec.limits.open_files);
+    add(RLIMIT_CORE, 0, 0);
+    if (spec.rlimit_memory) {
+        add(RLIMIT_AS, spec.limits.memory_bytes, spec.limits.memory_bytes);
+        add(RLIMIT_NPROC, spec.limits.processes, spec.limits.processes);
+    }
+    return plan;
+}
+
+class Drain {
+public:
+    Drain(std::string& sink, std::uint64_t cap, bool& over) : m_sink(sink), m_cap(cap), m_over(over) {}
+
+    // Reads what is available; false at end of file or on error.
+    bool read_from(int fd) {
+        char buffer[1 << 16];
+        for (;;) {
+            const ssize_t n = read(fd, buffer, sizeof buffer);
+            if (n > 0) {
+                const auto room = m_cap > m_sink.size() ? m_cap - m_sink.size() : 0;
+                const auto take = std::min<std::uint64_t>(room, static_cast<std::uint64_t>(n));
+                m_sink.append(buffer, static_cast<std::size_t>(take));
+                if (take < static_cast<std::uint64_t>(n)) {
+                    m_over = true;
+                }
+                continue;
+            }
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+        }
+    }
+
+private:
+    std::string& m_sink;
+    std::uint64_t m_cap;
+    bool& m_over;
+};
+
+std::chrono::milliseconds to_ms(const timeval& tv) {
+    return std::chrono::milliseconds(tv.tv_sec * 1000 + tv.tv_usec / 1000);
+}
+
+}  // namespace
+
+SpawnResult spawn_and_drain(const SpawnSpec& spec) {
+    SpawnResult result;
+    const auto started = Clock::now();
+    Pipe out, err, res, log, report;
+    Fd null_fd(open("/dev/null", O_RDONLY | O_CLOEXEC));
+    Fd script = memory_file("safepy-script", spec.script);
+    Fd policy = memory_file("safepy-policy", spec.policy);
+    if (!make_pipe(out) || !make_pipe(err) || !make_pipe(res) || !make_pipe(report) ||
+        (spec.jail_log && !make_pipe(log)) || !null_fd || !script || !policy) {
+        result.spawn_error = std::string("cannot create pipes or memory files: ") + std::strerror(errno);
+        return result;
+    }
+
+    ChildPlan plan = make_child_plan(spec);
+    plan.target_fds = {null_fd.get(), out.write.get(), err.write.get(), res.write.get(),
+                       script.get(),  policy.get(),    spec.jail_log ? log.write.get() : -1};
+    std::vector<char*> argv, envp;
+    for (const auto& word : spec.argv) {
+        argv.push_back(const_cast<char*>(word.c_str()));
+    }
+    argv.push_back(nullptr);
+    for (const auto& entry : spec.environment) {
+        envp.push_back(const_cast<char*>(entry.c_str()));
+    }
+    envp.push_back(nullptr);
+
+    const pid_t pid = fork();
+    if (pid < 0) {
+        result.spawn_error = std::string("fork failed: ") + std::strerror(errno);
+        return result;
+    }
+    if (pid == 0) {
+        run_child(spec, plan, report.write.get(), argv.data(), envp.data());
+    }
+    // The parent keeps only the read ends.
+    out.write.reset();
+    err.write.reset();
+    res.write.reset();
+    log.write.reset();
+    report.write.reset();
+    script.reset();
+    policy.reset();
+
+    ChildFailure failure{};
+    ssize_t got;
+    do {
+        got = read(report.read.get(), &failure, sizeof failure);
+    } while (got < 0 && errno == EINTR);
+    if (got == static_cast<ssize_t>(sizeof failure)) {
+        int status = 0;
+        waitpid(pid, &status, 0);
+        result.spawn_error = std::string("starting the jail failed at ") + k_child_steps[failure.step] + ": " +
+                             std::strerror(failure.error_number);
+        return result;
+    }
+
+    Fd process(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+    for (const Fd* fd : {&out.read, &err.read, &res.read, &log.read}) {
+        if (*fd) {
+            fcntl(fd->get(), F_SETFL, O_NONBLOCK);
+        }
+    }
+    bool log_over = false;
+    Drain drains[] = {Drain(result.stdout_bytes, spec.limits.stdout_bytes, result.stdout_over),
+                      Drain(result.stderr_bytes, spec.limits.stderr_bytes, result.stderr_over),
+                      Drain(result.result_bytes, spec.limits.result_bytes + 1, result.result_over),
+                      Drain(result.jail_log, 64 * 1024, log_over)};
+    Fd* sources[] = {&out.read, &err.read, &res.read, &log.read};
+
+    const auto deadline = started + spec.limits.wall;
+    const auto cpu_limit_us = static_cast<std::uint64_t>(spec.limits.cpu.count()) * 1000;
+    bool exited = false;
+    bool killed = false;
+    int status = 0;
+    rusage usage{};
+    std::optional<Clock::time_point> exited_at;
+    auto kill_run = [&] {
+        if (!killed) {
+            killed = true;
+            kill(-pid, SIGKILL);
+            kill(pid, SIGKILL);
+            if (spec.kill_all) {
+                spec.kill_all();
+            }
+        }
+    };
+
+    for (;;) {
+        std::array<pollfd, 5> fds{};
+        std::array<int, 5> which{};
+        nfds_t count = 0;
+        for (int i = 0; i < 4; ++i) {
+            if (*sources[i]) {
+                fds[count] = {sources[i]->get(), POLLIN, 0};
+                which[count++] = i;
+            }
+        }
+        if (!exited && process) {
+            fds[count] = {process.get(), POLLIN, 0};
+            which[count++] = 4;
+        }
+        if (count == 0) {
+            break;
+        }
+        const auto now = Clock::now();
+        if (!exited && !killed && now >= deadline) {
+            result.wall_timeout = true;
+            kill_run();
+        }
+        // After the jail exited, give the pipes a moment to drain; whatever
+        // still holds them open then is killed.
+        if (exited && exited_at && now - *exited_at > std::chrono::milliseconds(500)) {
+            kill_run();
+            break;
+        }
+        auto wait = std::chrono::milliseconds(100);
+        if (!exited && !killed) {
+            wait = std::min(wait, std::chrono::ceil<std::chrono::milliseconds>(deadline - now));
+        }
+        if (!process && !exited) {
+            wait = std::min(wait, std::chrono::milliseconds(5));
+        }
+        const int ready = poll(fds.data(), count, static_cast<int>(std::max<std::int64_t>(wait.count(), 0)));
+        if (ready < 0 && errno != EINTR) {
+            kill_run();
+            break;
+        }
+        for (nfds_t i = 0; i < count && ready > 0; ++i) {
+            if (!fds[i].revents) {
+                continue;
+            }
+            const int index = which[i];
+            if (index == 4) {
+                continue;  // reaped below
+            }
+            if (!drains[index].read_from(sources[index]->get())) {
+                sources[index]->reset();
+            }
+        }
+        if (!killed && (result.stdout_over || result.stderr_over || result.result_over)) {
+            kill_run();
+        }
+        if (!exited) {
+            const pid_t waited = wait4(pid, &status, WNOHANG, &usage);
+            if (waited == pid) {
+                exited = true;
+                exited_at = Clock::now();
+                process.reset();
+            }
+        }
+        if (!exited && !killed && spec.cpu_microseconds && cpu_limit_us > 0 &&
+            spec.cpu_microseconds() >= cpu_limit_us) {
+            result.cpu_timeout = true;
+            kill_run();
+        }
+    }
+    if (!exited) {
+        kill_run();
+        wait4(pid, &status, 0, &usage);
+    }
+    if (spec.kill_all) {
+        spec.kill_all();  // background processes that outlived the jail
+    }
+    result.wait_status = status;
+    result.wall = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started);
+    result.cpu = to_ms(usage.ru_utime) + to_ms(usage.ru_stime);
+    result.max_rss_bytes = static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;
+    return result;
+}
+
+}  // namespace safepy

@@ -1,0 +1,85 @@
+#include "safepy/safepy.hpp"
+
+#include <array>
+#include <utility>
+
+namespace safepy {
+namespace {
+
+constexpr std::array<std::pair<Status, std::string_view>, 9> k_statuses = {{
+    {Status::ok, "ok"},
+    {Status::invalid_request, "invalid_request"},
+    {Status::invalid_script, "invalid_script"},
+    {Status::script_error, "script_error"},
+    {Status::invalid_result, "invalid_result"},
+    {Status::timeout, "timeout"},
+    {Status::memory_limit, "memory_limit"},
+    {Status::output_limit, "output_limit"},
+    {Status::sandbox_error, "sandbox_error"},
+}};
+
+}  // namespace
+
+std::string_view status_name(Status status) {
+    for (const auto& [value, name] : k_statuses) {
+        if (value == status) {
+            return name;
+        }
+    }
+    return "sandbox_error";
+}
+
+std::optional<Status> parse_status(std::string_view name) {
+    for (const auto& [value, known] : k_statuses) {
+        if (known == name) {
+            return value;
+        }
+    }
+    return std::nullopt;
+}
+
+int exit_code(Status status) {
+    switch (status) {
+    case Status::ok:
+        return 0;
+    case Status::invalid_request:
+        return 2;
+    case Status::sandbox_error:
+        return 3;
+    case Status::invalid_script:
+    case Status::script_error:
+    case Status::invalid_result:
+    case Status::timeout:
+    case Status::memory_limit:
+    case Status::output_limit:
+        return 1;
+    }
+    return 3;
+}
+
+std::string_view jail_name(JailKind kind) {
+    switch (kind) {
+    case JailKind::nsjail:
+        return "nsjail";
+    case JailKind::bwrap:
+        return "bwrap";
+    case JailKind::automatic:
+        break;
+    }
+    return "auto";
+}
+
+std::optional<JailKind> parse_jail(std::string_view name) {
+    if (name == "auto") {
+        return JailKind::automatic;
+    }
+    if (name == "nsjail") {
+        return JailKind::nsjail;
+    }
+    if (name == "bwrap" || name == "bubblewrap") {
+        return JailKind::bwrap;
+    }
+    return std::nullopt;
+}
+
+}  // namespace safepy
