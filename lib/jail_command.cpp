@@ -11,7 +11,7 @@ void append(std::vector<std::string>& argv, std::initializer_list<std::string> i
 }
 
 std::vector<std::string> python_command(const JailPlan& plan) {
-    return {plan.python_path, "-I", "-B", "-c", plan.runner_source, plan.mode == Mode::check ? "check" : "run",
+    return {plan.python_path, "-I", "-B", "-u", "-c", plan.runner_source, plan.mode == Mode::check ? "check" : "run",
             std::to_string(k_result_fd), std::to_string(k_script_fd)};
 }
 

@@ -1,5 +1,5 @@
 # safepy's in-jail runner. It is embedded in the safepy binary and started as
-#   python3 -I -B -c <this file> MODE RESULT_FD SCRIPT_FD
+#   python3 -I -B -u -c <this file> MODE RESULT_FD SCRIPT_FD
 # inside the jail. MODE is "run" or "check". The script's source arrives on
 # SCRIPT_FD; the outcome leaves on RESULT_FD, never on stdout:
 #   b"S"                         written first: the jail worked and Python started
@@ -66,8 +66,12 @@ def _safepy_runner():
         return name + ": " + text if text else name
 
     def print_traceback(error):
+        # Leave out the runner's own frames at the top of the traceback.
+        frames = error.__traceback__
+        while frames is not None and frames.tb_frame.f_code.co_filename == "<string>":
+            frames = frames.tb_next
         try:
-            lines = format_exception(type(error), error, error.__traceback__)
+            lines = format_exception(type(error), error, frames)
             text = "".join(lines)
         except BaseException:
             text = describe(error) + "\n"
