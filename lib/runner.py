@@ -111,7 +111,7 @@ def _safepy_runner():
         return
 
     if mode == "check":
-        send("ok" if _defines_main(ast.parse(source)) else "no_main", "null")
+        send("ok" if _defines_main(ast.parse(source)) else "no_main", "{}")
         return
 
     text = source.decode("utf-8", "replace")

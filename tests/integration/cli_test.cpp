@@ -1,0 +1,129 @@
+// The safepy binary as a user runs it: envelope on stdout, documented exit codes.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace {
+
+struct CliResult {
+    int exit_code = -1;
+    std::string out;
+    std::string err;
+};
+
+std::string slurp(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    return buffer.str();
+}
+
+// Runs `safepy ARGS` through the shell with `input` on stdin.
+CliResult run_cli(const std::string& args, const std::string& input = "") {
+    char dir_template[] = "/tmp/safepy-cli-test-XXXXXX";
+    const std::string dir = mkdtemp(dir_template);
+    std::ofstream(dir + "/in", std::ios::binary) << input;
+    const std::string command = std::string("cd ") + SAFEPY_SCRIPTS_DIR + " && " + SAFEPY_CLI_PATH + " " + args + " < " +
+                                dir + "/in > " + dir + "/out 2> " + dir + "/err";
+    const int status = std::system(command.c_str());
+    CliResult result;
+    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    result.out = slurp(dir + "/out");
+    result.err = slurp(dir + "/err");
+    std::system(("rm -rf " + dir).c_str());
+    return result;
+}
+
+TEST(Cli, RunPrintsTheEnvelopeAndExitsZero) {
+    const CliResult result = run_cli("run --jail bwrap hello.py");
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    EXPECT_EQ(result.out, "{\"result\": {\"result\": \"Hello, World!\"}, \"stdout\": \"\"}\n");
+}
+
+TEST(Cli, RunReadsStdinForAShellPipeline) {
+    const CliResult result = run_cli("run --jail bwrap -", "def main():\n    print('piped')\n    return [1]\n");
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    EXPECT_EQ(result.out, "{\"result\": [1], \"stdout\": \"piped\\n\"}\n");
+}
+
+TEST(Cli, ScriptFailuresExitOne) {
+    const CliResult no_main = run_cli("run --jail bwrap main_in_comment.py");
+    EXPECT_EQ(no_main.exit_code, 1);
+    EXPECT_NE(no_main.out.find("\"error\": \"Script must contain a main() function\""), std::string::npos) << no_main.out;
+    const CliResult raises = run_cli("run --jail bwrap raises.py");
+    EXPECT_EQ(raises.exit_code, 1);
+    const CliResult timeout = run_cli("run --jail bwrap --wall-ms 1000 sleep_forever.py");
+    EXPECT_EQ(timeout.exit_code, 1);
+    EXPECT_NE(timeout.out.find("\"status\": \"timeout\""), std::string::npos) << timeout.out;
+}
+
+TEST(Cli, LimitFlagsAcceptSuffixesAndDetailsAddUsage) {
+    const CliResult result = run_cli("run --jail bwrap --memory-bytes 256M --details hello.py");
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    EXPECT_NE(result.out.find("\"status\": \"ok\", \"usage\": {"), std::string::npos) << result.out;
+}
+
+TEST(Cli, UsageErrorsExitTwo) {
+    EXPECT_EQ(run_cli("").exit_code, 2);
+    EXPECT_EQ(run_cli("run").exit_code, 2);
+    EXPECT_EQ(run_cli("run --no-such-flag hello.py").exit_code, 2);
+    EXPECT_EQ(run_cli("run --jail docker hello.py").exit_code, 2);
+    EXPECT_EQ(run_cli("run /no/such/file.py").exit_code, 2);
+    const CliResult zero = run_cli("run --wall-ms 0 hello.py");
+    EXPECT_EQ(zero.exit_code, 2);
+    EXPECT_NE(zero.err.find("wall_ms"), std::string::npos) << zero.err;
+    EXPECT_EQ(run_cli("run --memory-bytes lots hello.py").exit_code, 2);
+}
+
+TEST(Cli, InvalidRequestExitsTwo) {
+    const CliResult result = run_cli("run --jail bwrap -", std::string("def main():\n\0", 13));
+    EXPECT_EQ(result.exit_code, 2);
+    EXPECT_NE(result.out.find("\"status\": \"invalid_request\""), std::string::npos) << result.out;
+}
+
+TEST(Cli, SandboxFailureExitsThree) {
+    const CliResult result = run_cli("run --jail nsjail --nsjail /no/such/nsjail hello.py");
+    EXPECT_EQ(result.exit_code, 3);
+    EXPECT_NE(result.err.find("nsjail not found"), std::string::npos) << result.err;
+    const CliResult python = run_cli("run --jail bwrap --python /no/such/python hello.py");
+    EXPECT_EQ(python.exit_code, 3);
+}
+
+TEST(Cli, CheckVetsScriptsWithoutRunningThem) {
+    const CliResult good = run_cli("check --jail bwrap hello.py main_lambda.py main_in_if.py sleep_forever.py");
+    EXPECT_EQ(good.exit_code, 0) << good.out << good.err;
+    EXPECT_NE(good.out.find("hello.py: ok"), std::string::npos) << good.out;
+    EXPECT_NE(good.out.find("sleep_forever.py: ok"), std::string::npos) << good.out;  // checked, not run
+
+    const CliResult bad = run_cli("check --jail bwrap hello.py syntax_error.py main_in_comment.py");
+    EXPECT_EQ(bad.exit_code, 1);
+    EXPECT_NE(bad.out.find("syntax_error.py: invalid_script: SyntaxError"), std::string::npos) << bad.out;
+    EXPECT_NE(bad.out.find("line 2"), std::string::npos) << bad.out;
+    EXPECT_NE(bad.out.find("main_in_comment.py: invalid_script: Script must contain a main() function"),
+              std::string::npos)
+        << bad.out;
+}
+
+TEST(Cli, CheckDoesNotExecuteTheScript) {
+    // Executing this would print and fail; checking only parses it.
+    const CliResult result = run_cli("check --jail bwrap -", "print('executed')\nraise SystemExit(5)\ndef main():\n    pass\n");
+    EXPECT_EQ(result.exit_code, 0) << result.out << result.err;
+    EXPECT_EQ(result.out.find("executed"), std::string::npos);
+}
+
+TEST(Cli, DoctorReportsJailCgroupsAndVersions) {
+    const CliResult result = run_cli("doctor --jail bwrap");
+    EXPECT_EQ(result.exit_code, 0) << result.out << result.err;
+    EXPECT_NE(result.out.find("jail:             bwrap"), std::string::npos) << result.out;
+    EXPECT_NE(result.out.find("resource control:"), std::string::npos);
+    EXPECT_NE(result.out.find("numpy version:    1."), std::string::npos) << result.out;
+    EXPECT_NE(result.out.find("pandas version:   "), std::string::npos) << result.out;
+    EXPECT_NE(result.out.find("wall_ms: 10000 / 300000"), std::string::npos) << result.out;
+}
+
+}  // namespace

@@ -1,0 +1,460 @@
+// Real scripts from tests/scripts through the library, under each jail.
+// bubblewrap must be present (these tests fail without it); nsjail runs when
+// SAFEPY_NSJAIL names a binary or nsjail is on PATH, and is skipped otherwise.
+#include "safepy/safepy.hpp"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <dirent.h>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <unistd.h>
+
+namespace safepy {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string read_script(const std::string& name) {
+    std::ifstream in(std::string(SAFEPY_SCRIPTS_DIR) + "/" + name, std::ios::binary);
+    EXPECT_TRUE(in) << "missing test script " << name;
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    return buffer.str();
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+    return haystack.find(needle) != std::string::npos;
+}
+
+// Every process on the host whose command line contains `token`.
+int host_processes_with(const std::string& token) {
+    int count = 0;
+    DIR* proc = opendir("/proc");
+    while (dirent* entry = proc ? readdir(proc) : nullptr) {
+        if (entry->d_name[0] < '0' || entry->d_name[0] > '9') {
+            continue;
+        }
+        std::ifstream in(std::string("/proc/") + entry->d_name + "/cmdline", std::ios::binary);
+        std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        count += contains(cmdline, token) ? 1 : 0;
+    }
+    if (proc) {
+        closedir(proc);
+    }
+    return count;
+}
+
+std::string nsjail_path() {
+    const char* configured = std::getenv("SAFEPY_NSJAIL");
+    if (configured && *configured) {
+        return configured;
+    }
+    for (const char* candidate : {"/usr/local/bin/nsjail", "/usr/bin/nsjail"}) {
+        if (access(candidate, X_OK) == 0) {
+            return candidate;
+        }
+    }
+    return "";
+}
+
+class JailTest : public ::testing::TestWithParam<JailKind> {
+protected:
+    void SetUp() override {
+        if (GetParam() == JailKind::nsjail && nsjail_path().empty()) {
+            GTEST_SKIP() << "nsjail not found: set SAFEPY_NSJAIL=/path/to/nsjail to run the nsjail tests";
+        }
+        m_sandbox = sandbox_for(GetParam());
+        ASSERT_NE(m_sandbox, nullptr) << "the jail must work here: " << m_create_error;
+    }
+
+    Outcome run_file(const std::string& name, const Limits& limits = Limits{}) {
+        return run_source(read_script(name), limits);
+    }
+
+    Outcome run_source(const std::string& script, const Limits& limits = Limits{}) {
+        Request request;
+        request.script = script;
+        request.limits = limits;
+        const auto started = std::chrono::steady_clock::now();
+        Outcome outcome = m_sandbox->run(request);
+        m_elapsed = std::chrono::steady_clock::now() - started;
+        return outcome;
+    }
+
+    // Every run must end within its wall limit plus a margin for start-up and clean-up.
+    void expect_bounded(const Limits& limits = Limits{}) {
+        EXPECT_LT(m_elapsed, limits.wall + 3s);
+    }
+
+    static Limits short_limits() {
+        Limits limits;
+        limits.wall = 2s;
+        return limits;
+    }
+
+    Sandbox* m_sandbox = nullptr;
+    std::chrono::steady_clock::duration m_elapsed{};
+    std::string m_create_error;
+
+private:
+    Sandbox* sandbox_for(JailKind kind) {
+        static std::mutex mutex;
+        static std::map<JailKind, std::unique_ptr<Sandbox>> sandboxes;
+        std::lock_guard lock(mutex);
+        auto& slot = sandboxes[kind];
+        if (!slot) {
+            Config config;
+            config.jail = kind;
+            config.nsjail_path = nsjail_path();
+            slot = Sandbox::create(config, m_create_error);
+        }
+        return slot.get();
+    }
+};
+
+std::string print_jail(const ::testing::TestParamInfo<JailKind>& info) {
+    return std::string(jail_name(info.param));
+}
+
+INSTANTIATE_TEST_SUITE_P(Jails, JailTest, ::testing::Values(JailKind::bwrap, JailKind::nsjail), print_jail);
+
+// README examples
+
+TEST_P(JailTest, HelloWorldEnvelopeIsExact) {
+    const Outcome outcome = run_file("hello.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error << outcome.stderr_bytes << outcome.detail;
+    EXPECT_EQ(envelope_json(outcome), R"({"result": {"result": "Hello, World!"}, "stdout": ""})");
+    EXPECT_EQ(outcome.jail, jail_name(GetParam()));
+    expect_bounded();
+}
+
+TEST_P(JailTest, PrintsAndNumbers) {
+    const Outcome outcome = run_file("prints_and_numbers.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error;
+    EXPECT_EQ(envelope_json(outcome),
+              R"({"result": {"total": 45, "squares": [0, 1, 4, 9], "ratio": 0.5, "ok": true, "none": null}, )"
+              R"("stdout": "loading\ntotal is 45\n"})");
+}
+
+// JSON edge cases
+
+TEST_P(JailTest, JsonEdgeCasesSurviveExactly) {
+    const Outcome outcome = run_file("json_edge_cases.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error << outcome.stderr_bytes;
+    EXPECT_TRUE(contains(outcome.result_json, R"("big": 1606938044258990275541962092341162602522202993782792835301376)"))
+        << outcome.result_json;
+    EXPECT_TRUE(contains(outcome.result_json, "-515377520732011331036461129765621272702107522001")) << outcome.result_json;
+    EXPECT_TRUE(contains(outcome.result_json, R"("tuple": [1, 2])"));
+    EXPECT_TRUE(contains(outcome.result_json, R"("int_key": {"1": "one"})"));
+    EXPECT_TRUE(contains(outcome.result_json, R"("quote": "\"\\\n\t")"));
+    EXPECT_TRUE(contains(outcome.result_json, R"(caf\u00e9 \u20ac \ud83d\ude00)"));
+}
+
+TEST_P(JailTest, NonJsonResultsAreRejectedWithTheContractText) {
+    for (const char* name : {"returns_nan.py", "returns_string.py", "returns_none.py", "returns_set.py",
+                             "returns_datetime.py", "returns_bytes.py", "returns_deep.py"}) {
+        const Outcome outcome = run_file(name);
+        EXPECT_EQ(outcome.status, Status::invalid_result) << name << ": " << outcome.error;
+        EXPECT_EQ(outcome.error.rfind("Execution did not return valid JSON", 0), 0u) << name << ": " << outcome.error;
+        EXPECT_TRUE(outcome.result_json.empty());
+    }
+    EXPECT_EQ(run_file("returns_none.py").stdout_bytes, "ran\n");
+}
+
+TEST_P(JailTest, OversizedResultIsAnOutputLimit) {
+    Limits limits;
+    limits.result_bytes = 100 * 1024;
+    const Outcome outcome = run_file("returns_large.py", limits);
+    EXPECT_EQ(outcome.status, Status::output_limit) << outcome.error;
+    EXPECT_EQ(run_file("returns_large.py").status, Status::ok);
+}
+
+// main detection
+
+TEST_P(JailTest, MissingMainUsesTheContractText) {
+    for (const char* name : {"main_in_comment.py", "main_in_string.py", "main_class_method.py", "main_not_callable.py"}) {
+        const Outcome outcome = run_file(name);
+        EXPECT_EQ(outcome.status, Status::invalid_script) << name;
+        EXPECT_EQ(outcome.error, "Script must contain a main() function") << name;
+    }
+    EXPECT_EQ(run_source("").error, "Script must contain a main() function");
+}
+
+TEST_P(JailTest, MainMayBeALambdaOrDefinedInsideAnIf) {
+    EXPECT_EQ(run_file("main_lambda.py").result_json, R"({"from": "lambda"})");
+    EXPECT_EQ(run_file("main_in_if.py").result_json, R"({"from": "if"})");
+}
+
+TEST_P(JailTest, MainThatNeedsArgumentsIsAnInvalidScript) {
+    const Outcome outcome = run_file("main_needs_argument.py");
+    EXPECT_EQ(outcome.status, Status::invalid_script);
+    EXPECT_TRUE(contains(outcome.error, "without arguments")) << outcome.error;
+}
+
+TEST_P(JailTest, MainGuardDoesNotCallMainTwice) {
+    const Outcome outcome = run_file("main_guard.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error;
+    EXPECT_EQ(outcome.result_json, R"({"calls": 1, "name": "script"})");
+    EXPECT_EQ(outcome.stdout_bytes, "main called\n");
+}
+
+TEST_P(JailTest, SyntaxErrorNamesTheLine) {
+    const Outcome outcome = run_file("syntax_error.py");
+    EXPECT_EQ(outcome.status, Status::invalid_script);
+    EXPECT_TRUE(contains(outcome.error, "SyntaxError")) << outcome.error;
+    EXPECT_TRUE(contains(outcome.error, "line 2")) << outcome.error;
+}
+
+// stdout
+
+TEST_P(JailTest, StdoutKeepsEveryWriterInOrderAndStderrApart) {
+    const Outcome outcome = run_file("stdout_order.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error << outcome.stderr_bytes;
+    EXPECT_EQ(outcome.stdout_bytes, "module level\nin main\nno newline|fd write|child process\nend");
+    EXPECT_EQ(outcome.stderr_bytes, "stderr line\n");
+}
+
+TEST_P(JailTest, HundredKilobytesOfStdout) {
+    const Outcome outcome = run_file("stdout_100k.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error;
+    EXPECT_EQ(outcome.stdout_bytes.size(), 100'000u);
+    EXPECT_FALSE(outcome.stdout_truncated);
+}
+
+TEST_P(JailTest, InvalidUtf8IsReplacedNotDropped) {
+    const Outcome outcome = run_file("stdout_invalid_utf8.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error;
+    EXPECT_EQ(outcome.stdout_bytes, "ok \xff\xfe bad \xc3");
+    EXPECT_EQ(envelope_json(outcome), "{\"result\": {}, \"stdout\": \"ok \xef\xbf\xbd\xef\xbf\xbd bad \xef\xbf\xbd\"}");
+}
+
+// errors
+
+TEST_P(JailTest, ExceptionInMainIsAScriptErrorWithTraceback) {
+    const Outcome outcome = run_file("raises.py");
+    EXPECT_EQ(outcome.status, Status::script_error);
+    EXPECT_TRUE(contains(outcome.error, "ValueError: boom")) << outcome.error;
+    EXPECT_TRUE(contains(outcome.stderr_bytes, "Traceback")) << outcome.stderr_bytes;
+    EXPECT_TRUE(contains(outcome.stderr_bytes, "script.py\", line 3, in main")) << outcome.stderr_bytes;
+    EXPECT_EQ(outcome.stdout_bytes, "before\n");
+    EXPECT_TRUE(contains(envelope_json(outcome), R"("stderr": "Traceback)"));
+}
+
+TEST_P(JailTest, ExceptionAtImportIsAScriptError) {
+    const Outcome outcome = run_file("raises_at_import.py");
+    EXPECT_EQ(outcome.status, Status::script_error);
+    EXPECT_TRUE(contains(outcome.error, "ModuleNotFoundError")) << outcome.error;
+    EXPECT_TRUE(contains(outcome.error, "importing")) << outcome.error;
+}
+
+TEST_P(JailTest, ExitingBeforeMainReturnsIsAnError) {
+    const Outcome sys_exit = run_file("sys_exit.py");
+    EXPECT_EQ(sys_exit.status, Status::script_error);
+    EXPECT_TRUE(contains(sys_exit.error, "sys.exit(0)")) << sys_exit.error;
+    const Outcome os_exit = run_file("os_exit.py");
+    EXPECT_EQ(os_exit.status, Status::script_error);
+    EXPECT_TRUE(contains(os_exit.error, "before main() returned")) << os_exit.error;
+}
+
+TEST_P(JailTest, SegfaultIsAScriptError) {
+    const Outcome outcome = run_file("segfault.py");
+    EXPECT_EQ(outcome.status, Status::script_error);
+    EXPECT_TRUE(contains(outcome.error, "SIGSEGV")) << outcome.error;
+}
+
+TEST_P(JailTest, NumpyAndPandas) {
+    const Outcome outcome = run_file("numpy_pandas.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error << outcome.stderr_bytes;
+    EXPECT_EQ(outcome.result_json, R"({"sums": {"0": 166833, "1": 166167, "2": 166500}, "mean": 499.5})");
+}
+
+TEST_P(JailTest, ThreadsWork) {
+    const Outcome outcome = run_file("threads.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error;
+    EXPECT_EQ(outcome.result_json, "[0, 1, 2, 3, 4, 5, 6, 7]");
+}
+
+// forgery
+
+TEST_P(JailTest, PatchingModulesOrStdoutCannotForgeTheResult) {
+    const Outcome outcome = run_file("forge_patching.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error << outcome.stderr_bytes;
+    EXPECT_EQ(outcome.result_json.find("forged"), std::string::npos) << outcome.result_json;
+    EXPECT_TRUE(contains(outcome.result_json, "\"real\"")) << outcome.result_json;
+    // What it printed is stdout, never the result.
+    EXPECT_TRUE(contains(outcome.stdout_bytes, "forged"));
+}
+
+TEST_P(JailTest, PrintingAnEnvelopeThenExitingIsAnError) {
+    const Outcome outcome = run_file("forge_exit.py");
+    EXPECT_EQ(outcome.status, Status::script_error);
+    EXPECT_TRUE(outcome.result_json.empty());
+}
+
+TEST_P(JailTest, WritingTheProtocolOnTheChannelIsNotASuccess) {
+    const Outcome forged = run_file("forge_channel.py");
+    EXPECT_NE(forged.status, Status::ok);
+    EXPECT_TRUE(forged.result_json.empty());
+    const Outcome closed = run_file("close_channel.py");
+    EXPECT_EQ(closed.status, Status::script_error) << closed.error;
+}
+
+// isolation between runs
+
+TEST_P(JailTest, TmpIsFreshForEveryRun) {
+    const Outcome first = run_file("tmp_write.py");
+    ASSERT_EQ(first.status, Status::ok) << first.error << first.stderr_bytes;
+    EXPECT_EQ(first.result_json, R"({"seen": []})");
+    const Outcome second = run_file("tmp_write.py");
+    EXPECT_EQ(second.result_json, R"({"seen": []})");
+}
+
+TEST_P(JailTest, HostEnvironmentDoesNotLeak) {
+    setenv("SAFEPY_TEST_SECRET", "hunter2-secret", 1);
+    const Outcome outcome = run_file("environment.py");
+    unsetenv("SAFEPY_TEST_SECRET");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error;
+    EXPECT_FALSE(contains(outcome.result_json, "hunter2")) << outcome.result_json;
+    EXPECT_FALSE(contains(outcome.result_json, "SAFEPY_TEST_SECRET"));
+    EXPECT_TRUE(contains(outcome.result_json, R"("HOME": "/tmp")")) << outcome.result_json;
+}
+
+TEST_P(JailTest, NoProcessOutlivesItsRun) {
+    const Outcome outcome = run_file("background_process.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error;
+    EXPECT_EQ(host_processes_with("987.654"), 0);
+}
+
+// the hostile set
+
+TEST_P(JailTest, NoNetwork) {
+    const Outcome outcome = run_file("network.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error << outcome.stderr_bytes;
+    EXPECT_FALSE(contains(outcome.result_json, "connected")) << outcome.result_json;
+    EXPECT_FALSE(contains(outcome.result_json, "opened")) << outcome.result_json;
+    EXPECT_TRUE(contains(outcome.result_json, R"("127.0.0.1": "blocked)")) << outcome.result_json;
+    EXPECT_TRUE(contains(outcome.result_json, R"("socketpair": "x")")) << outcome.result_json;
+    expect_bounded();
+}
+
+TEST_P(JailTest, HostFilesAreAbsentAndNothingOutsideTmpIsWritable) {
+    const Outcome outcome = run_file("host_files.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error << outcome.stderr_bytes;
+    EXPECT_FALSE(contains(outcome.result_json, "true")) << outcome.result_json;
+    EXPECT_FALSE(contains(outcome.result_json, "written")) << outcome.result_json;
+    EXPECT_TRUE(contains(outcome.result_json, R"("root": ["bin", "dev", "etc", "lib", "lib64", "proc", "tmp", "usr"])"))
+        << outcome.result_json;
+}
+
+TEST_P(JailTest, NoPrivilegesAndAnUnprivilegedHostUid) {
+    const Outcome outcome = run_file("privileges.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error << outcome.stderr_bytes;
+    const std::string& r = outcome.result_json;
+    EXPECT_TRUE(contains(r, R"("ptrace": [-1, 1])")) << r;
+    EXPECT_TRUE(contains(r, R"("unshare": [-1, 1])")) << r;
+    EXPECT_TRUE(contains(r, R"("mount": [-1, 1])")) << r;
+    EXPECT_TRUE(contains(r, R"("chroot": [-1, 1])")) << r;
+    EXPECT_TRUE(contains(r, R"("CapEff": "0000000000000000")")) << r;
+    EXPECT_TRUE(contains(r, R"("CapBnd": "0000000000000000")")) << r;
+    EXPECT_TRUE(contains(r, R"("NoNewPrivs": "1")")) << r;
+    EXPECT_TRUE(contains(r, R"("Seccomp": "2")")) << r;
+    EXPECT_FALSE(contains(r, R"("setuid": "worked")")) << r;
+    if (geteuid() == 0) {
+        // The sandbox uid maps to 65534 on the host, never to root.
+        EXPECT_TRUE(contains(r, R"("uid_map": ["65534", "65534", "1"])")) << r;
+        EXPECT_TRUE(contains(r, R"("subprocess": "65534")")) << r;
+    }
+}
+
+TEST_P(JailTest, InfiniteLoopTimesOut) {
+    const Limits limits = short_limits();
+    const Outcome outcome = run_file("infinite_loop.py", limits);
+    EXPECT_EQ(outcome.status, Status::timeout) << outcome.error;
+    EXPECT_TRUE(contains(outcome.error, "2000 ms")) << outcome.error;
+    expect_bounded(limits);
+}
+
+TEST_P(JailTest, SleepForeverTimesOut) {
+    const Limits limits = short_limits();
+    const Outcome outcome = run_file("sleep_forever.py", limits);
+    EXPECT_EQ(outcome.status, Status::timeout) << outcome.error;
+    expect_bounded(limits);
+}
+
+TEST_P(JailTest, CpuLimitEndsABusyLoopBeforeTheWallLimit) {
+    Limits limits;
+    limits.cpu = 1s;
+    const Outcome outcome = run_file("infinite_loop.py", limits);
+    EXPECT_EQ(outcome.status, Status::timeout) << outcome.error;
+    EXPECT_TRUE(contains(outcome.error, "CPU")) << outcome.error;
+    EXPECT_LT(m_elapsed, 4s);
+}
+
+TEST_P(JailTest, FillingTmpFailsInsideTheScript) {
+    Limits limits;
+    limits.tmp_bytes = 8 << 20;
+    const Outcome outcome = run_file("fill_tmp.py", limits);
+    EXPECT_EQ(outcome.status, Status::script_error) << outcome.error;
+    EXPECT_TRUE(contains(outcome.error, "No space left on device")) << outcome.error;
+    expect_bounded(limits);
+}
+
+TEST_P(JailTest, ForkBombIsContained) {
+    Limits limits = short_limits();
+    limits.processes = 32;
+    const Outcome outcome = run_file("fork_bomb.py", limits);
+    EXPECT_NE(outcome.status, Status::ok);
+    EXPECT_NE(outcome.status, Status::sandbox_error) << outcome.error << outcome.detail;
+    expect_bounded(limits);
+    // The host is usable straight after: the next run works.
+    EXPECT_EQ(run_file("hello.py").status, Status::ok);
+}
+
+TEST_P(JailTest, MemoryBombHitsTheMemoryLimit) {
+    Limits limits;
+    limits.memory_bytes = 256 << 20;
+    const Outcome outcome = run_file("memory_bomb.py", limits);
+    EXPECT_EQ(outcome.status, Status::memory_limit) << outcome.error << outcome.stderr_bytes;
+    expect_bounded(limits);
+}
+
+TEST_P(JailTest, StdoutFloodHitsTheOutputLimitWhileReading) {
+    const Outcome outcome = run_file("stdout_flood.py");
+    EXPECT_EQ(outcome.status, Status::output_limit) << outcome.error;
+    EXPECT_EQ(outcome.stdout_bytes.size(), Limits{}.stdout_bytes);
+    EXPECT_TRUE(outcome.stdout_truncated);
+    EXPECT_LT(m_elapsed, 5s);
+}
+
+TEST_P(JailTest, InvalidRequestsNeverStartAJail) {
+    const Outcome nul = run_source(std::string("def main():\n    return {}\n\0", 27));
+    EXPECT_EQ(nul.status, Status::invalid_request);
+    EXPECT_FALSE(nul.script_started);
+    Limits limits;
+    limits.wall = 0ms;
+    EXPECT_EQ(run_file("hello.py", limits).status, Status::invalid_request);
+    const Outcome huge = run_source(std::string(m_sandbox->config().max_script_bytes + 1, '#'));
+    EXPECT_EQ(huge.status, Status::invalid_request);
+}
+
+TEST_P(JailTest, UsageIsReported) {
+    const Outcome outcome = run_file("numpy_pandas.py");
+    ASSERT_EQ(outcome.status, Status::ok);
+    EXPECT_GT(outcome.usage.wall.count(), 0);
+    EXPECT_GT(outcome.usage.cpu.count(), 0);
+    EXPECT_GT(outcome.usage.peak_memory_bytes, 10u << 20);
+    EXPECT_FALSE(outcome.resource_control.empty());
+}
+
+}  // namespace
+}  // namespace safepy
+
+int main(int argc, char** argv) {
+    ::testing::InitGoogleTest(&argc, argv);
+    return RUN_ALL_TESTS();
+}

@@ -1,0 +1,3 @@
+class Job:
+    def main(self):
+        return {}

@@ -1,0 +1,4 @@
+# def main():
+#     return {}
+def helper():
+    return {}

@@ -1,0 +1,5 @@
+import sys
+
+if sys.version_info >= (3,):
+    def main():
+        return {"from": "if"}

@@ -1,0 +1,4 @@
+SOURCE = """
+def main():
+    return {}
+"""

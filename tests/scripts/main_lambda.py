@@ -1,0 +1,1 @@
+main = lambda: {"from": "lambda"}

@@ -1,0 +1,2 @@
+def main(data):
+    return {"data": data}

@@ -1,0 +1,5 @@
+import datetime
+
+
+def main():
+    return [datetime.datetime(2020, 1, 1)]

@@ -1,0 +1,2 @@
+def main():
+    return ["x" * 1000] * 2000

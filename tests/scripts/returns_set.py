@@ -1,0 +1,2 @@
+def main():
+    return {"s": {1, 2}}

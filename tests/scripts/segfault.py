@@ -1,0 +1,6 @@
+import ctypes
+
+
+def main():
+    ctypes.string_at(0)
+    return {}

@@ -1,0 +1,5 @@
+def main():
+    return {"a": 1
+
+
+x = 2
