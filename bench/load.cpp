@@ -1,0 +1,619 @@
+// safepy-load: end-to-end load generator for safepy-server, with a bare-Python
+// baseline mode so that every figure can be quoted as a ratio to the cold floor.
+#include <CLI/CLI.hpp>
+#include <boost/json.hpp>
+#include <httplib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cerrno>
+#include <cmath>
+#include <condition_variable>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <latch>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <poll.h>
+#include <spawn.h>
+#include <string>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+extern char** environ;
+
+namespace json = boost::json;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr int k_exit_errors = 1;
+constexpr int k_exit_usage = 2;
+constexpr std::size_t k_max_json_depth = 256;
+constexpr std::size_t k_max_baseline_output_bytes = 64u << 20;
+constexpr auto k_rss_sample_interval = std::chrono::milliseconds(10);
+
+// Imports the script as a module (so that an `if __name__ == "__main__"` block
+// does not run), calls main() and prints the result as the last line.
+constexpr const char* k_baseline_driver = R"(import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("script", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(json.dumps(module.main()))
+)";
+
+struct Options {
+    std::string url;
+    bool baseline = false;
+    std::string python = "/usr/bin/python3";
+    std::string script_path;
+    unsigned concurrency = 1;
+    double duration_s = 0;
+    std::int64_t requests = 0;
+    unsigned warmup = 0;
+    std::optional<std::string> expect;
+    std::string json_path;
+    int server_pid = 0;
+    double timeout_s = 60;
+    std::string label;
+};
+
+// What one request ended as: empty when verified, else an error kind and a message.
+struct Failure {
+    std::string kind;  // transport, http_status, bad_body, error_field, no_result, mismatch, spawn, exit_status
+    std::string message;
+};
+using Check = std::optional<Failure>;
+
+std::optional<json::value> parse_json(std::string_view text) {
+    json::parse_options options;
+    options.max_depth = k_max_json_depth;
+    boost::system::error_code error;
+    json::value value = json::parse(text, error, {}, options);
+    if (error) {
+        return std::nullopt;
+    }
+    return value;
+}
+
+Check check_result(const json::value& result, const std::optional<json::value>& expected) {
+    if (expected && result != *expected) {
+        return Failure{"mismatch", "result " + json::serialize(result) + " != expected " + json::serialize(*expected)};
+    }
+    return std::nullopt;
+}
+
+std::string excerpt(std::string_view text) {
+    constexpr std::size_t k_bytes = 300;
+    return std::string(text.substr(0, k_bytes)) + (text.size() > k_bytes ? "..." : "");
+}
+
+// Sends the script to the server; one keep-alive connection per instance.
+class HttpTarget {
+public:
+    HttpTarget(const std::string& scheme_host_port, std::string path, std::string body, const Options& options)
+        : m_client(scheme_host_port), m_path(std::move(path)), m_body(std::move(body)) {
+        const auto timeout = std::chrono::duration<double>(options.timeout_s);
+        const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(timeout);
+        const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(timeout - seconds);
+        m_client.set_keep_alive(true);
+        m_client.set_tcp_nodelay(true);  // headers and body go out in separate writes: Nagle would add ~40 ms
+        m_client.set_connection_timeout(seconds.count(), micros.count());
+        m_client.set_read_timeout(seconds.count(), micros.count());
+        m_client.set_write_timeout(seconds.count(), micros.count());
+    }
+
+    Check execute(const std::optional<json::value>& expected) {
+        auto response = m_client.Post(m_path, m_body, "application/json");
+        if (!response) {
+            return Failure{"transport", httplib::to_string(response.error())};
+        }
+        if (response->status != 200) {
+            return Failure{"http_status", "HTTP " + std::to_string(response->status) + ": " + excerpt(response->body)};
+        }
+        auto body = parse_json(response->body);
+        if (!body || !body->is_object()) {
+            return Failure{"bad_body", "not a JSON object: " + excerpt(response->body)};
+        }
+        const json::object& envelope = body->as_object();
+        if (envelope.contains("error")) {
+            return Failure{"error_field", excerpt(response->body)};
+        }
+        const json::value* result = envelope.if_contains("result");
+        if (!result) {
+            return Failure{"no_result", excerpt(response->body)};
+        }
+        return check_result(*result, expected);
+    }
+
+private:
+    httplib::Client m_client;
+    std::string m_path;
+    std::string m_body;
+};
+
+// A pipe whose ends are closed on exec; posix_spawn's dup2 clears the flag on the child's copy.
+struct Pipe {
+    int read_fd = -1;
+    int write_fd = -1;
+    Pipe() {
+        int fds[2];
+        if (pipe2(fds, O_CLOEXEC) == 0) {
+            read_fd = fds[0];
+            write_fd = fds[1];
+        }
+    }
+    ~Pipe() {
+        close_read();
+        close_write();
+    }
+    Pipe(const Pipe&) = delete;
+    Pipe& operator=(const Pipe&) = delete;
+    bool ok() const { return read_fd >= 0; }
+    void close_read() {
+        if (read_fd >= 0) {
+            close(read_fd);
+            read_fd = -1;
+        }
+    }
+    void close_write() {
+        if (write_fd >= 0) {
+            close(write_fd);
+            write_fd = -1;
+        }
+    }
+};
+
+// Runs the script as a bare `python3 -I` process per request: no sandbox, no server.
+class BaselineTarget {
+public:
+    explicit BaselineTarget(const Options& options)
+        : m_python(options.python), m_script_path(options.script_path),
+          m_timeout(std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.timeout_s))) {}
+
+    Check execute(const std::optional<json::value>& expected) {
+        Pipe out;
+        Pipe err;
+        if (!out.ok() || !err.ok()) {
+            return Failure{"spawn", "pipe2 failed"};
+        }
+        posix_spawn_file_actions_t actions;
+        posix_spawn_file_actions_init(&actions);
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+        posix_spawn_file_actions_adddup2(&actions, out.write_fd, 1);
+        posix_spawn_file_actions_adddup2(&actions, err.write_fd, 2);
+        std::vector<std::string> args = {m_python, "-I", "-c", k_baseline_driver, m_script_path};
+        std::vector<char*> argv;
+        for (auto& arg : args) {
+            argv.push_back(arg.data());
+        }
+        argv.push_back(nullptr);
+        pid_t pid = 0;
+        const int spawn_error = posix_spawn(&pid, m_python.c_str(), &actions, nullptr, argv.data(), environ);
+        posix_spawn_file_actions_destroy(&actions);
+        if (spawn_error != 0) {
+            return Failure{"spawn", "posix_spawn " + m_python + ": " + std::strerror(spawn_error)};
+        }
+        out.close_write();
+        err.close_write();
+
+        std::string stdout_text;
+        std::string stderr_text;
+        const bool finished = drain(out.read_fd, stdout_text, err.read_fd, stderr_text);
+        if (!finished) {
+            kill(pid, SIGKILL);
+        }
+        int wait_status = 0;
+        while (waitpid(pid, &wait_status, 0) < 0 && errno == EINTR) {
+        }
+        if (!finished) {
+            return Failure{"timeout", "no exit within the timeout"};
+        }
+        if (!WIFEXITED(wait_status) || WEXITSTATUS(wait_status) != 0) {
+            return Failure{"exit_status", "status " + std::to_string(wait_status) + ": " + excerpt(stderr_text)};
+        }
+        while (!stdout_text.empty() && stdout_text.back() == '\n') {
+            stdout_text.pop_back();
+        }
+        const auto last_line = stdout_text.substr(stdout_text.rfind('\n') + 1);
+        auto result = parse_json(last_line);
+        if (!result) {
+            return Failure{"bad_body", "last line is not JSON: " + excerpt(last_line)};
+        }
+        return check_result(*result, expected);
+    }
+
+private:
+    // Reads both pipes together (one after the other could deadlock) until both
+    // close; false when the timeout passes or the output grows past its cap.
+    bool drain(int out_fd, std::string& out_text, int err_fd, std::string& err_text) const {
+        const auto deadline = Clock::now() + m_timeout;
+        pollfd fds[2] = {{out_fd, POLLIN, 0}, {err_fd, POLLIN, 0}};
+        std::string* texts[2] = {&out_text, &err_text};
+        int open_fds = 2;
+        char buffer[65536];
+        while (open_fds > 0) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+            if (left.count() <= 0) {
+                return false;
+            }
+            const int ready = poll(fds, 2, static_cast<int>(left.count()));
+            if (ready < 0 && errno != EINTR) {
+                return false;
+            }
+            for (int i = 0; i < 2 && ready > 0; ++i) {
+                if (fds[i].fd < 0 || fds[i].revents == 0) {
+                    continue;
+                }
+                const ssize_t n = read(fds[i].fd, buffer, sizeof buffer);
+                if (n > 0) {
+                    texts[i]->append(buffer, static_cast<std::size_t>(n));
+                    if (texts[i]->size() > k_max_baseline_output_bytes) {
+                        return false;
+                    }
+                } else if (n == 0 || errno != EINTR) {
+                    fds[i].fd = -1;
+                    --open_fds;
+                }
+            }
+        }
+        return true;
+    }
+
+    std::string m_python;
+    std::string m_script_path;
+    Clock::duration m_timeout;
+};
+
+struct WorkerStats {
+    std::vector<double> latencies_ms;  // verified requests only
+    std::map<std::string, std::int64_t> errors;
+    std::int64_t warmup_errors = 0;
+    std::optional<Failure> first_error;
+};
+
+struct RssSample {
+    std::uint64_t start_vmrss_bytes = 0;
+    std::uint64_t peak_vmrss_bytes = 0;
+    std::uint64_t vmhwm_bytes = 0;
+    bool lost = false;  // the process went away during the run
+};
+
+// A field of /proc/PID/status in bytes ("VmRSS:  1234 kB"); empty when unreadable.
+std::optional<std::uint64_t> read_status_kb(int pid, const std::string& field) {
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(status, line)) {
+        if (line.rfind(field + ":", 0) == 0) {
+            return std::stoull(line.substr(field.size() + 1)) * 1024;
+        }
+    }
+    return std::nullopt;
+}
+
+// Samples a process's VmRSS until stopped; VmHWM is read at the end.
+class RssSampler {
+public:
+    explicit RssSampler(int pid) : m_pid(pid) {
+        m_sample.start_vmrss_bytes = read_status_kb(pid, "VmRSS").value_or(0);
+        m_sample.peak_vmrss_bytes = m_sample.start_vmrss_bytes;
+        m_thread = std::thread([this] { loop(); });
+    }
+
+    RssSample stop() {
+        {
+            std::lock_guard lock(m_mutex);
+            m_stopped = true;
+        }
+        m_wake.notify_all();
+        m_thread.join();
+        if (auto hwm = read_status_kb(m_pid, "VmHWM")) {
+            m_sample.vmhwm_bytes = *hwm;
+        } else {
+            m_sample.lost = true;
+        }
+        return m_sample;
+    }
+
+private:
+    void loop() {
+        std::unique_lock lock(m_mutex);
+        while (!m_wake.wait_for(lock, k_rss_sample_interval, [this] { return m_stopped; })) {
+            if (auto rss = read_status_kb(m_pid, "VmRSS")) {
+                m_sample.peak_vmrss_bytes = std::max(m_sample.peak_vmrss_bytes, *rss);
+            } else {
+                m_sample.lost = true;
+            }
+        }
+    }
+
+    int m_pid;
+    RssSample m_sample;
+    std::mutex m_mutex;
+    std::condition_variable m_wake;
+    bool m_stopped = false;
+    std::thread m_thread;
+};
+
+struct Report {
+    std::int64_t ok = 0;
+    std::int64_t errors = 0;
+    std::int64_t warmup_errors = 0;
+    std::map<std::string, std::int64_t> error_kinds;
+    std::optional<Failure> first_error;
+    double elapsed_s = 0;
+    double requests_per_s = 0;
+    double p50_ms = 0, p90_ms = 0, p99_ms = 0, max_ms = 0, mean_ms = 0;
+    std::optional<RssSample> rss;
+};
+
+// Nearest-rank percentile of sorted values.
+double percentile(const std::vector<double>& sorted, double p) {
+    if (sorted.empty()) {
+        return 0;
+    }
+    const auto rank = static_cast<std::size_t>(std::ceil(p / 100.0 * static_cast<double>(sorted.size())));
+    return sorted[std::clamp<std::size_t>(rank, 1, sorted.size()) - 1];
+}
+
+template <typename Target>
+void work(Target& target, const std::optional<json::value>& expected, unsigned warmup, std::latch& warmed,
+          std::latch& go, std::atomic<std::int64_t>& remaining, const Clock::time_point& deadline,
+          WorkerStats& stats) {
+    for (unsigned i = 0; i < warmup; ++i) {
+        if (auto failure = target.execute(expected)) {
+            ++stats.warmup_errors;
+            if (!stats.first_error) {
+                stats.first_error = failure;
+            }
+        }
+    }
+    warmed.count_down();
+    go.wait();
+    while (remaining.fetch_sub(1) > 0 && Clock::now() < deadline) {
+        const auto start = Clock::now();
+        auto failure = target.execute(expected);
+        const std::chrono::duration<double, std::milli> latency = Clock::now() - start;
+        if (failure) {
+            ++stats.errors[failure->kind];
+            if (!stats.first_error) {
+                stats.first_error = std::move(failure);
+            }
+        } else {
+            stats.latencies_ms.push_back(latency.count());
+        }
+    }
+}
+
+template <typename MakeTarget>
+Report run_load(const Options& options, const std::optional<json::value>& expected, MakeTarget make_target) {
+    const unsigned workers = options.concurrency;
+    std::vector<WorkerStats> stats(workers);
+    std::latch warmed(workers);
+    std::latch go(1);
+    std::atomic<std::int64_t> remaining(options.requests > 0 ? options.requests
+                                                             : std::numeric_limits<std::int64_t>::max());
+    Clock::time_point deadline = Clock::time_point::max();
+
+    std::optional<RssSampler> sampler;
+    if (options.server_pid > 0) {
+        sampler.emplace(options.server_pid);
+    }
+    std::vector<std::thread> threads;
+    for (unsigned i = 0; i < workers; ++i) {
+        const unsigned warmup = options.warmup / workers + (i < options.warmup % workers ? 1 : 0);
+        threads.emplace_back([&, i, warmup] {
+            auto target = make_target();
+            work(target, expected, warmup, warmed, go, remaining, deadline, stats[i]);
+        });
+    }
+    warmed.wait();
+    const auto start = Clock::now();
+    if (options.duration_s > 0) {
+        deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.duration_s));
+    }
+    go.count_down();
+    for (auto& thread : threads) {
+        thread.join();
+    }
+    const std::chrono::duration<double> elapsed = Clock::now() - start;
+
+    Report report;
+    std::vector<double> latencies;
+    for (auto& worker : stats) {
+        latencies.insert(latencies.end(), worker.latencies_ms.begin(), worker.latencies_ms.end());
+        for (const auto& [kind, count] : worker.errors) {
+            report.error_kinds[kind] += count;
+            report.errors += count;
+        }
+        report.warmup_errors += worker.warmup_errors;
+        if (!report.first_error && worker.first_error) {
+            report.first_error = worker.first_error;
+        }
+    }
+    std::sort(latencies.begin(), latencies.end());
+    report.ok = static_cast<std::int64_t>(latencies.size());
+    report.elapsed_s = elapsed.count();
+    report.requests_per_s = report.elapsed_s > 0 ? static_cast<double>(report.ok) / report.elapsed_s : 0;
+    report.p50_ms = percentile(latencies, 50);
+    report.p90_ms = percentile(latencies, 90);
+    report.p99_ms = percentile(latencies, 99);
+    report.max_ms = latencies.empty() ? 0 : latencies.back();
+    double sum = 0;
+    for (double latency : latencies) {
+        sum += latency;
+    }
+    report.mean_ms = latencies.empty() ? 0 : sum / static_cast<double>(latencies.size());
+    if (sampler) {
+        report.rss = sampler->stop();
+    }
+    return report;
+}
+
+double mib(std::uint64_t bytes) {
+    return static_cast<double>(bytes) / (1u << 20);
+}
+
+void print_report(const Options& options, const std::string& target, const Report& report) {
+    std::printf("safepy-load: %s via %s, concurrency %u\n", options.script_path.c_str(), target.c_str(),
+                options.concurrency);
+    std::printf("  requests    %lld verified, %lld errors in %.2f s (warmup %u, %lld warmup errors)\n",
+                static_cast<long long>(report.ok), static_cast<long long>(report.errors), report.elapsed_s,
+                options.warmup, static_cast<long long>(report.warmup_errors));
+    std::printf("  latency ms  p50 %.1f  p90 %.1f  p99 %.1f  max %.1f  mean %.1f\n", report.p50_ms, report.p90_ms,
+                report.p99_ms, report.max_ms, report.mean_ms);
+    std::printf("  throughput  %.2f req/s\n", report.requests_per_s);
+    if (report.rss) {
+        std::printf("  server RSS  start %.1f MiB, peak VmRSS %.1f MiB, VmHWM %.1f MiB%s\n",
+                    mib(report.rss->start_vmrss_bytes), mib(report.rss->peak_vmrss_bytes),
+                    mib(report.rss->vmhwm_bytes), report.rss->lost ? " (process went away during the run)" : "");
+    }
+    for (const auto& [kind, count] : report.error_kinds) {
+        std::printf("  error       %s: %lld\n", kind.c_str(), static_cast<long long>(count));
+    }
+    if (report.first_error) {
+        std::printf("  first error %s: %s\n", report.first_error->kind.c_str(), report.first_error->message.c_str());
+    }
+}
+
+json::object report_json(const Options& options, const std::string& target, const Report& report) {
+    json::object errors;
+    for (const auto& [kind, count] : report.error_kinds) {
+        errors[kind] = count;
+    }
+    json::object out{
+        {"label", options.label},
+        {"mode", options.baseline ? "baseline" : "server"},
+        {"target", target},
+        {"script", options.script_path},
+        {"concurrency", options.concurrency},
+        {"warmup", options.warmup},
+        {"warmup_errors", report.warmup_errors},
+        {"requests_ok", report.ok},
+        {"errors", report.errors},
+        {"error_kinds", std::move(errors)},
+        {"elapsed_s", report.elapsed_s},
+        {"requests_per_s", report.requests_per_s},
+        {"latency_ms",
+         {{"p50", report.p50_ms}, {"p90", report.p90_ms}, {"p99", report.p99_ms}, {"max", report.max_ms},
+          {"mean", report.mean_ms}}},
+    };
+    out["first_error"] = report.first_error ? json::value(report.first_error->kind + ": " + report.first_error->message)
+                                            : json::value(nullptr);
+    if (report.rss) {
+        out["server_pid"] = options.server_pid;
+        out["server_rss_bytes"] = {{"start_vmrss", report.rss->start_vmrss_bytes},
+                                   {"peak_vmrss", report.rss->peak_vmrss_bytes},
+                                   {"vmhwm", report.rss->vmhwm_bytes},
+                                   {"lost", report.rss->lost}};
+    } else {
+        out["server_rss_bytes"] = nullptr;
+    }
+    return out;
+}
+
+// Splits "http://host:port/path" into "http://host:port" and "/path" (default /execute).
+std::pair<std::string, std::string> split_url(const std::string& url) {
+    const auto scheme_end = url.find("://");
+    const auto path_start = url.find('/', scheme_end == std::string::npos ? 0 : scheme_end + 3);
+    if (path_start == std::string::npos) {
+        return {url, "/execute"};
+    }
+    return {url.substr(0, path_start), url.substr(path_start)};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"safepy-load: drive safepy-server (or bare python3 with --baseline) with one script and "
+                 "report latency percentiles, throughput and errors. Each response is verified: HTTP 200, "
+                 "a JSON body without \"error\", and \"result\" equal to --expect. Latencies and throughput "
+                 "count verified requests only."};
+    Options options;
+    auto* url = app.add_option("--url", options.url, "server endpoint, e.g. http://127.0.0.1:8080/execute");
+    auto* baseline = app.add_flag("--baseline", options.baseline,
+                                  "run the script as a bare `python3 -I` process per request instead");
+    url->excludes(baseline);
+    app.add_option("--python", options.python, "Python for --baseline")->capture_default_str();
+    app.add_option("--script", options.script_path, "the Python script whose main() is run")
+        ->required()
+        ->check(CLI::ExistingFile);
+    app.add_option("--concurrency,-c", options.concurrency, "worker threads, one connection each")
+        ->check(CLI::Range(1u, 256u))
+        ->capture_default_str();
+    auto* duration = app.add_option("--duration", options.duration_s, "seconds to measure for")
+        ->check(CLI::PositiveNumber);
+    auto* requests = app.add_option("--requests,-n", options.requests, "requests to measure")
+        ->check(CLI::PositiveNumber);
+    app.add_option("--warmup", options.warmup, "requests before measuring, spread over the workers")
+        ->capture_default_str();
+    app.add_option("--expect", options.expect, "the JSON value every result must equal");
+    app.add_option("--json", options.json_path, "also write the report as JSON to this file");
+    app.add_option("--server-pid", options.server_pid, "sample this process's RSS from /proc during the run")
+        ->check(CLI::PositiveNumber);
+    app.add_option("--timeout", options.timeout_s, "seconds before one request counts as failed")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    app.add_option("--label", options.label, "a name for this run in the JSON report");
+    try {
+        app.parse(argc, argv);
+        if (!options.baseline && options.url.empty()) {
+            throw CLI::ValidationError("--url or --baseline is required");
+        }
+        if (duration->count() == 0 && requests->count() == 0) {
+            throw CLI::ValidationError("--duration or --requests is required");
+        }
+    } catch (const CLI::ParseError& error) {
+        const int code = app.exit(error);
+        return code == 0 ? 0 : k_exit_usage;
+    }
+
+    std::optional<json::value> expected;
+    if (options.expect) {
+        expected = parse_json(*options.expect);
+        if (!expected) {
+            std::cerr << "safepy-load: --expect is not JSON\n";
+            return k_exit_usage;
+        }
+    }
+    std::ifstream script_file(options.script_path, std::ios::binary);
+    const std::string script{std::istreambuf_iterator<char>(script_file), std::istreambuf_iterator<char>()};
+    if (!script_file) {
+        std::cerr << "safepy-load: cannot read " << options.script_path << "\n";
+        return k_exit_usage;
+    }
+
+    Report report;
+    std::string target;
+    if (options.baseline) {
+        target = options.python + " -I";
+        report = run_load(options, expected, [&] { return BaselineTarget(options); });
+    } else {
+        auto [scheme_host_port, path] = split_url(options.url);
+        target = scheme_host_port + path;
+        const std::string body = json::serialize(json::object{{"script", script}});
+        report = run_load(options, expected, [&] { return HttpTarget(scheme_host_port, path, body, options); });
+    }
+
+    print_report(options, target, report);
+    if (!options.json_path.empty()) {
+        std::ofstream out(options.json_path, std::ios::binary | std::ios::trunc);
+        out << json::serialize(report_json(options, target, report)) << "\n";
+        if (!out) {
+            std::cerr << "safepy-load: cannot write " << options.json_path << "\n";
+            return k_exit_usage;
+        }
+    }
+    return report.errors + report.warmup_errors > 0 ? k_exit_errors : 0;
+}
