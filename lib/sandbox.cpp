@@ -239,7 +239,8 @@ Outcome Sandbox::run(const Request& request) const noexcept {
         }
         evidence.limits = request.limits;
         evidence.jail = std::string(jail_name(impl.jail));
-        evidence.jail_log = spawned.jail_log;
+        // Before the script starts, stderr holds only the jail's own messages.
+        evidence.jail_log = spawned.jail_log + (evidence.report.started ? "" : spawned.stderr_bytes);
         const Verdict verdict = classify(evidence);
 
         Outcome outcome;

@@ -442,6 +442,23 @@ TEST_P(JailTest, InvalidRequestsNeverStartAJail) {
     EXPECT_EQ(huge.status, Status::invalid_request);
 }
 
+TEST_P(JailTest, AJailThatFailsIsASandboxErrorNotTheScripts) {
+    Config config;
+    config.jail = GetParam();
+    // A "jail" that exits at once without starting Python.
+    (GetParam() == JailKind::nsjail ? config.nsjail_path : config.bwrap_path) = "/bin/false";
+    std::string error;
+    auto broken = Sandbox::create(config, error);
+    ASSERT_NE(broken, nullptr) << error;
+    Request request;
+    request.script = read_script("hello.py");
+    const Outcome outcome = broken->run(request);
+    EXPECT_EQ(outcome.status, Status::sandbox_error);
+    EXPECT_TRUE(contains(outcome.error, "not caused by the script")) << outcome.error;
+    EXPECT_TRUE(contains(outcome.detail, "exited with status 1")) << outcome.detail;
+    EXPECT_FALSE(outcome.script_started);
+}
+
 TEST_P(JailTest, UsageIsReported) {
     const Outcome outcome = run_file("numpy_pandas.py");
     ASSERT_EQ(outcome.status, Status::ok);
