@@ -214,12 +214,14 @@ Outcome Sandbox::run(const Request& request) const noexcept {
         spec.uid = plan.uid;
         spec.gid = plan.gid;
         spec.cgroup_join_fds = cgroup->join_fds();
+        DrainSpec drain;
+        drain.limits = request.limits;
         const RunCgroup* run_cgroup = cgroup.get();
         if (impl.cgroups.version() != CgroupVersion::none) {
-            spec.cpu_microseconds = [run_cgroup] { return run_cgroup->cpu_microseconds(); };
-            spec.kill_all = [run_cgroup] { run_cgroup->kill_all(); };
+            drain.cpu_microseconds = [run_cgroup] { return run_cgroup->cpu_microseconds(); };
+            drain.kill_all = [run_cgroup] { run_cgroup->kill_all(); };
         }
-        const SpawnResult spawned = spawn_and_drain(spec);
+        const SpawnResult spawned = spawn_and_drain(spec, drain);
         const CgroupUsage usage = cgroup->usage();
         cgroup.reset();  // nothing of the run survives this line
 

@@ -16,6 +16,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <optional>
 #include <utility>
 
 namespace safepy {
@@ -23,31 +24,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-class Fd {
-public:
-    Fd() = default;
-    explicit Fd(int fd) : m_fd(fd) {}
-    ~Fd() { reset(); }
-    Fd(Fd&& other) noexcept : m_fd(other.release()) {}
-    Fd& operator=(Fd&& other) noexcept {
-        if (this != &other) {
-            reset(other.release());
-        }
-        return *this;
-    }
-    int get() const { return m_fd; }
-    int release() { return std::exchange(m_fd, -1); }
-    void reset(int fd = -1) {
-        if (m_fd >= 0) {
-            close(m_fd);
-        }
-        m_fd = fd;
-    }
-    explicit operator bool() const { return m_fd >= 0; }
-
-private:
-    int m_fd = -1;
-};
 
 struct Pipe {
     Fd read;
@@ -185,7 +161,11 @@ ChildPlan make_child_plan(const SpawnSpec& spec) {
     const auto cpu_seconds = static_cast<rlim_t>((spec.limits.cpu.count() + 999) / 1000);
     // Soft limit: SIGXCPU, which the classifier reads as a CPU timeout; the
     // hard limit one second later is the backstop.
-    add(RLIMIT_CPU, cpu_seconds, cpu_seconds + 1);
+    if (spec.unlimited_cpu) {
+        add(RLIMIT_CPU, RLIM_INFINITY, RLIM_INFINITY);
+    } else {
+        add(RLIMIT_CPU, cpu_seconds, cpu_seconds + 1);
+    }
     add(RLIMIT_FSIZE, spec.limits.file_bytes, spec.limits.file_bytes);
     add(RLIMIT_NOFILE, spec.limits.open_files, spec.limits.open_files);
     add(RLIMIT_CORE, 0, 0);
@@ -233,22 +213,27 @@ std::chrono::milliseconds to_ms(const timeval& tv) {
 
 }  // namespace
 
-SpawnResult spawn_and_drain(const SpawnSpec& spec) {
-    SpawnResult result;
-    const auto started = Clock::now();
+Job start_jail(const SpawnSpec& spec, std::string& error) {
+    Job job;
+    job.started = Clock::now();
     Pipe out, err, res, log, report;
     Fd null_fd(open("/dev/null", O_RDONLY | O_CLOEXEC));
     Fd script = memory_file("safepy-script", spec.script);
     Fd policy = memory_file("safepy-policy", spec.policy);
-    if (!make_pipe(out) || !make_pipe(err) || !make_pipe(res) || !make_pipe(report) ||
+    if (!make_pipe(out) || !make_pipe(err) || (spec.control_fd < 0 && !make_pipe(res)) || !make_pipe(report) ||
         (spec.jail_log && !make_pipe(log)) || !null_fd || !script || !policy) {
-        result.spawn_error = std::string("cannot create pipes or memory files: ") + std::strerror(errno);
-        return result;
+        error = std::string("cannot create pipes or memory files: ") + std::strerror(errno);
+        return job;
     }
 
     ChildPlan plan = make_child_plan(spec);
-    plan.target_fds = {null_fd.get(), out.write.get(), err.write.get(), res.write.get(),
-                       script.get(),  policy.get(),    spec.jail_log ? log.write.get() : -1};
+    plan.target_fds = {null_fd.get(),
+                       out.write.get(),
+                       err.write.get(),
+                       spec.control_fd >= 0 ? spec.control_fd : res.write.get(),
+                       script.get(),
+                       policy.get(),
+                       spec.jail_log ? log.write.get() : -1};
     std::vector<char*> argv, envp;
     for (const auto& word : spec.argv) {
         argv.push_back(const_cast<char*>(word.c_str()));
@@ -261,21 +246,13 @@ SpawnResult spawn_and_drain(const SpawnSpec& spec) {
 
     const pid_t pid = fork();
     if (pid < 0) {
-        result.spawn_error = std::string("fork failed: ") + std::strerror(errno);
-        return result;
+        error = std::string("fork failed: ") + std::strerror(errno);
+        return job;
     }
     if (pid == 0) {
         run_child(spec, plan, report.write.get(), argv.data(), envp.data());
     }
-    // The parent keeps only the read ends.
-    out.write.reset();
-    err.write.reset();
-    res.write.reset();
-    log.write.reset();
     report.write.reset();
-    script.reset();
-    policy.reset();
-
     ChildFailure failure{};
     ssize_t got;
     do {
@@ -284,13 +261,34 @@ SpawnResult spawn_and_drain(const SpawnSpec& spec) {
     if (got == static_cast<ssize_t>(sizeof failure)) {
         int status = 0;
         waitpid(pid, &status, 0);
-        result.spawn_error = std::string("starting the jail failed at ") + k_child_steps[failure.step] + ": " +
-                             std::strerror(failure.error_number);
-        return result;
+        error = std::string("starting the jail failed at ") + k_child_steps[failure.step] + ": " +
+                std::strerror(failure.error_number);
+        return job;
     }
 
-    Fd process(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
-    for (const Fd* fd : {&out.read, &err.read, &res.read, &log.read}) {
+    job.pid = pid;
+    job.pidfd.reset(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+    job.out = std::move(out.read);
+    job.err = std::move(err.read);
+    job.result = std::move(res.read);
+    job.log = std::move(log.read);
+    job.kill = [pid] {
+        kill(-pid, SIGKILL);
+        kill(pid, SIGKILL);
+    };
+    job.reap = [pid](int& status, rusage& usage) {
+        pid_t waited;
+        do {
+            waited = wait4(pid, &status, 0, &usage);
+        } while (waited < 0 && errno == EINTR);
+        return waited == pid;
+    };
+    return job;
+}
+
+SpawnResult drain_job(Job& job, const DrainSpec& spec) {
+    SpawnResult result;
+    for (const Fd* fd : {&job.out, &job.err, &job.result, &job.log}) {
         if (*fd) {
             fcntl(fd->get(), F_SETFL, O_NONBLOCK);
         }
@@ -300,24 +298,29 @@ SpawnResult spawn_and_drain(const SpawnSpec& spec) {
                       Drain(result.stderr_bytes, spec.limits.stderr_bytes, result.stderr_over),
                       Drain(result.result_bytes, spec.limits.result_bytes + 1, result.result_over),
                       Drain(result.jail_log, 64 * 1024, log_over)};
-    Fd* sources[] = {&out.read, &err.read, &res.read, &log.read};
+    Fd* sources[] = {&job.out, &job.err, &job.result, &job.log};
 
-    const auto deadline = started + spec.limits.wall;
+    const auto deadline = job.started + spec.limits.wall;
     const auto cpu_limit_us = static_cast<std::uint64_t>(spec.limits.cpu.count()) * 1000;
     bool exited = false;
     bool killed = false;
-    int status = 0;
-    rusage usage{};
     std::optional<Clock::time_point> exited_at;
     auto kill_run = [&] {
         if (!killed) {
             killed = true;
-            kill(-pid, SIGKILL);
-            kill(pid, SIGKILL);
+            job.kill();
             if (spec.kill_all) {
                 spec.kill_all();
             }
         }
+    };
+    // Without a pidfd, exit is noticed by polling the process.
+    auto has_exited = [&job] {
+        if (job.pidfd) {
+            pollfd fd{job.pidfd.get(), POLLIN, 0};
+            return poll(&fd, 1, 0) > 0;
+        }
+        return kill(job.pid, 0) != 0 && errno == ESRCH;
     };
 
     for (;;) {
@@ -330,11 +333,11 @@ SpawnResult spawn_and_drain(const SpawnSpec& spec) {
                 which[count++] = i;
             }
         }
-        if (!exited && process) {
-            fds[count] = {process.get(), POLLIN, 0};
+        if (!exited && job.pidfd) {
+            fds[count] = {job.pidfd.get(), POLLIN, 0};
             which[count++] = 4;
         }
-        if (count == 0) {
+        if (count == 0 && exited) {
             break;
         }
         const auto now = Clock::now();
@@ -342,7 +345,7 @@ SpawnResult spawn_and_drain(const SpawnSpec& spec) {
             result.wall_timeout = true;
             kill_run();
         }
-        // After the jail exited, give the pipes a moment to drain; whatever
+        // After the process exited, give the pipes a moment to drain; whatever
         // still holds them open then is killed.
         if (exited && exited_at && now - *exited_at > std::chrono::milliseconds(500)) {
             kill_run();
@@ -352,7 +355,7 @@ SpawnResult spawn_and_drain(const SpawnSpec& spec) {
         if (!exited && !killed) {
             wait = std::min(wait, std::chrono::ceil<std::chrono::milliseconds>(deadline - now));
         }
-        if (!process && !exited) {
+        if (!job.pidfd && !exited) {
             wait = std::min(wait, std::chrono::milliseconds(5));
         }
         const int ready = poll(fds.data(), count, static_cast<int>(std::max<std::int64_t>(wait.count(), 0)));
@@ -361,13 +364,10 @@ SpawnResult spawn_and_drain(const SpawnSpec& spec) {
             break;
         }
         for (nfds_t i = 0; i < count && ready > 0; ++i) {
-            if (!fds[i].revents) {
+            if (!fds[i].revents || which[i] == 4) {
                 continue;
             }
             const int index = which[i];
-            if (index == 4) {
-                continue;  // reaped below
-            }
             if (!drains[index].read_from(sources[index]->get())) {
                 sources[index]->reset();
             }
@@ -375,13 +375,9 @@ SpawnResult spawn_and_drain(const SpawnSpec& spec) {
         if (!killed && (result.stdout_over || result.stderr_over || result.result_over)) {
             kill_run();
         }
-        if (!exited) {
-            const pid_t waited = wait4(pid, &status, WNOHANG, &usage);
-            if (waited == pid) {
-                exited = true;
-                exited_at = Clock::now();
-                process.reset();
-            }
+        if (!exited && has_exited()) {
+            exited = true;
+            exited_at = Clock::now();
         }
         if (!exited && !killed && spec.cpu_microseconds && cpu_limit_us > 0 &&
             spec.cpu_microseconds() >= cpu_limit_us) {
@@ -391,16 +387,31 @@ SpawnResult spawn_and_drain(const SpawnSpec& spec) {
     }
     if (!exited) {
         kill_run();
-        wait4(pid, &status, 0, &usage);
+    }
+    rusage usage{};
+    int status = 0;
+    if (!job.reap(status, usage)) {
+        result.spawn_error = "the run's exit status could not be collected";
     }
     if (spec.kill_all) {
-        spec.kill_all();  // background processes that outlived the jail
+        spec.kill_all();  // background processes that outlived the job
     }
     result.wait_status = status;
-    result.wall = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started);
+    result.wall = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - job.started);
     result.cpu = to_ms(usage.ru_utime) + to_ms(usage.ru_stime);
     result.max_rss_bytes = static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;
     return result;
+}
+
+SpawnResult spawn_and_drain(const SpawnSpec& spec, const DrainSpec& drain) {
+    std::string error;
+    Job job = start_jail(spec, error);
+    if (job.pid < 0) {
+        SpawnResult result;
+        result.spawn_error = error;
+        return result;
+    }
+    return drain_job(job, drain);
 }
 
 }  // namespace safepy

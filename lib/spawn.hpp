@@ -1,14 +1,16 @@
-// Starting the jail process and draining it: fork, child set-up (cgroup,
-// rlimits, unprivileged uid), exec, then one poll loop over every pipe with
+// Starting the jail process and draining a run: fork, child set-up (cgroup,
+// rlimits, unprivileged uid), exec; then one poll loop over every pipe with
 // caps enforced while reading, a wall-clock timer and CPU accounting.
 #pragma once
 
+#include "fd.hpp"
 #include "safepy/safepy.hpp"
 
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <sys/resource.h>
 #include <vector>
 
 namespace safepy {
@@ -21,17 +23,38 @@ struct SpawnSpec {
     bool jail_log = false;                 // open a pipe on k_jail_log_fd
     Limits limits;
     bool rlimit_memory = false;            // no cgroup: RLIMIT_AS and RLIMIT_NPROC stand in
+    bool unlimited_cpu = false;            // a long-lived process (the warm template)
+    int control_fd = -1;                   // >= 0: goes on k_result_fd instead of a result pipe
     bool drop_privileges = false;          // setresuid/gid before exec (when started as root)
     std::uint32_t uid = 65534;
     std::uint32_t gid = 65534;
     std::vector<int> cgroup_join_fds;
+};
+
+// A running job: the process whose exit ends the run, and the read ends of its
+// pipes.
+struct Job {
+    pid_t pid = -1;
+    Fd pidfd;          // readable when the process exits; may be absent
+    Fd out, err, result, log;
+    std::chrono::steady_clock::time_point started;
+    std::function<void()> kill;  // ends the process and everything it started
+    // After exit: the raw wait status, CPU time and peak RSS; false if unknown.
+    std::function<bool(int& status, rusage& usage)> reap;
+};
+
+// Starts the jail; on failure returns a job with pid -1 and sets `error`.
+Job start_jail(const SpawnSpec& spec, std::string& error);
+
+struct DrainSpec {
+    Limits limits;
     std::function<std::uint64_t()> cpu_microseconds;  // whole-run CPU, may be empty
-    std::function<void()> kill_all;                   // kills every process of the run
+    std::function<void()> kill_all;                   // every process of the run, may be empty
 };
 
 struct SpawnResult {
     std::string spawn_error;  // non-empty: nothing ran
-    int wait_status = 0;      // raw status of the jail process
+    int wait_status = 0;      // raw status of the job's process
     std::string stdout_bytes;
     std::string stderr_bytes;
     std::string result_bytes;
@@ -46,6 +69,10 @@ struct SpawnResult {
     std::uint64_t max_rss_bytes = 0;
 };
 
-SpawnResult spawn_and_drain(const SpawnSpec& spec);
+// Reads every pipe of `job` until it exits (or is killed for a limit).
+SpawnResult drain_job(Job& job, const DrainSpec& spec);
+
+// start_jail then drain_job, for a cold run.
+SpawnResult spawn_and_drain(const SpawnSpec& spec, const DrainSpec& drain);
 
 }  // namespace safepy
