@@ -223,18 +223,6 @@ private:
     std::string m_error;
 };
 
-std::string utc_timestamp(std::chrono::system_clock::time_point time) {
-    const auto since_epoch = time.time_since_epoch();
-    const auto seconds = std::chrono::floor<std::chrono::seconds>(since_epoch);
-    const auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(since_epoch - seconds).count();
-    const std::time_t t = static_cast<std::time_t>(seconds.count());
-    std::tm parts{};
-    gmtime_r(&t, &parts);
-    char text[40];
-    const std::size_t n = std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &parts);
-    return std::string(text, n) + "." + std::to_string(1000 + millis).substr(1) + "Z";
-}
-
 json::string_view logged_text(std::string_view text, std::string& storage) {
     storage = repair_utf8(text.substr(0, k_logged_text_bytes));
     return json::string_view(storage.data(), storage.size());
@@ -310,6 +298,10 @@ std::optional<HttpError> check_execute_headers(const ExecuteHeaders& headers, co
     return std::nullopt;
 }
 
+bool details_requested(std::string_view value) {
+    return value == "1" || value == "true";
+}
+
 std::variant<Request, HttpError> parse_execute_body(std::string_view body, const ExecutePolicy& policy) {
     if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) {
         return bad_request("The request body is empty; send a JSON object with a \"script\" string");
@@ -337,10 +329,26 @@ std::variant<Request, HttpError> parse_execute_body(std::string_view body, const
     return handler.take_request();
 }
 
+std::string log_timestamp(std::chrono::system_clock::time_point time) {
+    const auto since_epoch = time.time_since_epoch();
+    const auto seconds = std::chrono::floor<std::chrono::seconds>(since_epoch);
+    const auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(since_epoch - seconds).count();
+    const std::time_t t = static_cast<std::time_t>(seconds.count());
+    std::tm parts{};
+    gmtime_r(&t, &parts);
+    char text[40];
+    const std::size_t n = std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &parts);
+    return std::string(text, n) + "." + std::to_string(1000 + millis).substr(1) + "Z";
+}
+
+std::string json_quote(std::string_view bytes) {
+    return json_string(repair_utf8(bytes));
+}
+
 std::string access_log_json(const AccessLogEntry& entry) {
     std::string method, path, remote, detail;
     json::object line;
-    line["time"] = utc_timestamp(entry.time);
+    line["time"] = log_timestamp(entry.time);
     line["method"] = logged_text(entry.method, method);
     line["path"] = logged_text(entry.path, path);
     line["status"] = entry.http_status;

@@ -239,6 +239,19 @@ TEST(ErrorBody, IsJsonWithErrorAndStatus) {
               "{\"error\": \"bad \xef\xbf\xbd\", \"status\": \"invalid_request\"}");
 }
 
+TEST(Details, OnlyOneAndTrueAskForThem) {
+    EXPECT_TRUE(details_requested("1"));
+    EXPECT_TRUE(details_requested("true"));
+    EXPECT_FALSE(details_requested(""));
+    EXPECT_FALSE(details_requested("0"));
+    EXPECT_FALSE(details_requested("yes"));
+}
+
+TEST(JsonQuote, EscapesAndRepairs) {
+    EXPECT_EQ(json_quote("a\"b\n"), R"("a\"b\n")");
+    EXPECT_EQ(json_quote("\xff"), "\"\xef\xbf\xbd\"");
+}
+
 TEST(ServiceMaxima, CapOutputAndAdmitTheDefaults) {
     const Limits maxima = service_maxima();
     EXPECT_EQ(check_limits(Limits{}, maxima), std::nullopt);

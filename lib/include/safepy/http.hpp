@@ -61,6 +61,10 @@ struct ExecuteHeaders {
 // the body may be read; it is then exactly the Content-Length, within the limit.
 std::optional<HttpError> check_execute_headers(const ExecuteHeaders& headers, const ExecutePolicy& policy);
 
+// Whether the query parameter "details" (POST /execute?details=1) asks for
+// envelope_json(outcome, true): "1" or "true".
+bool details_requested(std::string_view value);
+
 // Parses a POST /execute body: a strict JSON object (no comments, trailing
 // commas, duplicate keys or invalid UTF-8) with a string "script" and an
 // optional "limits" object of limit names (see limit_fields()) to non-negative
@@ -68,6 +72,12 @@ std::optional<HttpError> check_execute_headers(const ExecuteHeaders& headers, co
 // policy.defaults. Any other field is rejected. Errors are 400 HttpErrors;
 // never throws. Script size and NUL bytes are left to Sandbox::run.
 std::variant<Request, HttpError> parse_execute_body(std::string_view body, const ExecutePolicy& policy);
+
+// A JSON string literal (quotes included) for any bytes; invalid UTF-8 becomes U+FFFD.
+std::string json_quote(std::string_view bytes);
+
+// `time` as the logs write it: RFC 3339 in UTC with milliseconds, "2025-01-31T12:00:00.123Z".
+std::string log_timestamp(std::chrono::system_clock::time_point time);
 
 // One request, as the server's access log records it. Never the script or its output.
 struct AccessLogEntry {

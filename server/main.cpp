@@ -1,0 +1,279 @@
+// safepy-server: the HTTP service. Reads its settings from flags and the
+// environment, serves until SIGTERM or SIGINT, then stops gracefully.
+#include "server.hpp"
+
+#include "safepy/http.hpp"
+#include "safepy/safepy.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <limits>
+#include <map>
+
+namespace {
+
+constexpr int k_usage_error = 2;
+constexpr int k_start_failed = 3;
+
+int g_signal_pipe[2] = {-1, -1};
+
+extern "C" void on_stop_signal(int number) {
+    const char byte = static_cast<char>(number);
+    [[maybe_unused]] const auto written = write(g_signal_pipe[1], &byte, 1);
+}
+
+struct Options {
+    safepy::Config config;
+    safepy::server::ServerSettings settings;
+    std::string jail = "auto";
+    std::string max_body = "2M";
+    std::string max_script = "1M";
+    std::int64_t queue_timeout_ms = 30'000;
+    std::int64_t read_timeout_ms = 10'000;
+    std::int64_t write_timeout_ms = 10'000;
+    std::int64_t idle_timeout_ms = 5'000;
+    std::int64_t ready_cache_ms = 5'000;
+    std::int64_t grace_ms = 8'000;
+    std::map<std::string, std::string> defaults;  // by limit name, as typed
+    std::map<std::string, std::string> maxima;
+};
+
+void log_event(const std::string& event, const std::string& fields) {
+    const std::string line = "{\"time\":" + safepy::json_quote(safepy::log_timestamp(std::chrono::system_clock::now())) +
+                             ",\"event\":" + safepy::json_quote(event) + (fields.empty() ? "" : "," + fields) + "}\n";
+    std::fwrite(line.data(), 1, line.size(), stderr);
+    std::fflush(stderr);
+}
+
+std::string field(const std::string& name, const std::string& text) {
+    return safepy::json_quote(name) + ":" + safepy::json_quote(text);
+}
+
+std::string field(const std::string& name, std::uint64_t value) {
+    return safepy::json_quote(name) + ":" + std::to_string(value);
+}
+
+std::string flag_name(std::string_view limit) {
+    std::string flag(limit);
+    for (auto& c : flag) {
+        c = c == '_' ? '-' : c;
+    }
+    return flag;
+}
+
+std::string env_name(std::string_view prefix, std::string_view limit) {
+    std::string name(prefix);
+    for (const char c : limit) {
+        name += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    }
+    return name;
+}
+
+CLI::Option* with_env(CLI::Option* option, const char* env) {
+    return option->envname(env)->capture_default_str();
+}
+
+void add_options(CLI::App& app, Options& options) {
+    auto& s = options.settings;
+    with_env(app.add_option("--address", s.address, "listen address"), "SAFEPY_ADDRESS");
+    with_env(app.add_option("--port", s.port, "listen port; 0 picks a free one")->check(CLI::Range(0, 65535)), "PORT");
+    with_env(app.add_option("--concurrency", s.concurrency, "runs at once (default: CPUs)")
+                              ->check(CLI::Range(std::size_t(1), std::size_t(4096))),
+                          "SAFEPY_CONCURRENCY");
+    with_env(app.add_option("--queue", s.queue_length, "requests that may wait for a run slot; more get 429"),
+                          "SAFEPY_QUEUE");
+    with_env(app.add_option("--queue-timeout-ms", options.queue_timeout_ms,
+                                          "longest wait for a run slot, then 503")->check(CLI::NonNegativeNumber),
+                           "SAFEPY_QUEUE_TIMEOUT_MS");
+    with_env(app.add_option("--max-body-bytes", options.max_body, "largest request body (K, M, G); more gets 413"),
+                          "SAFEPY_MAX_BODY_BYTES");
+    with_env(app.add_option("--max-script-bytes", options.max_script, "largest script (K, M, G); more gets 400"),
+                          "SAFEPY_MAX_SCRIPT_BYTES");
+    with_env(app.add_option("--read-timeout-ms", options.read_timeout_ms,
+                                          "a request's headers and body must arrive within this")
+                               ->check(CLI::PositiveNumber),
+                           "SAFEPY_READ_TIMEOUT_MS");
+    with_env(app.add_option("--write-timeout-ms", options.write_timeout_ms,
+                                          "a response must be taken by the client within this")
+                               ->check(CLI::PositiveNumber),
+                           "SAFEPY_WRITE_TIMEOUT_MS");
+    with_env(app.add_option("--idle-timeout-ms", options.idle_timeout_ms,
+                                          "keep-alive: how long an idle connection stays open")
+                               ->check(CLI::PositiveNumber),
+                           "SAFEPY_IDLE_TIMEOUT_MS");
+    with_env(app.add_option("--keep-alive-requests", s.keep_alive_max_requests, "requests per connection")
+                              ->check(CLI::PositiveNumber),
+                          "SAFEPY_KEEP_ALIVE_REQUESTS");
+    with_env(app.add_option("--connection-threads", s.connection_threads,
+                                         "connections served at once, as many more may wait, then 503 "
+                                         "(0: concurrency + queue + 32)"),
+                          "SAFEPY_CONNECTION_THREADS");
+    with_env(app.add_option("--ready-cache-ms", options.ready_cache_ms, "how long a /readyz probe run is reused")
+                               ->check(CLI::NonNegativeNumber),
+                           "SAFEPY_READY_CACHE_MS");
+    with_env(app.add_option("--shutdown-grace-ms", options.grace_ms,
+                                          "on SIGTERM, how long runs in progress may take before they are killed")
+                               ->check(CLI::NonNegativeNumber),
+                           "SAFEPY_SHUTDOWN_GRACE_MS");
+
+    const safepy::Limits defaults;
+    const safepy::Limits maxima = safepy::service_maxima();
+    for (const auto& limit : safepy::limit_fields()) {
+        const std::string name(limit.name);
+        app.add_option_function<std::string>(
+               "--" + flag_name(name), [&options, name](const std::string& value) { options.defaults[name] = value; },
+               "default " + std::string(limit.summary) + " (" + std::to_string(*safepy::get_limit(defaults, name)) + ")")
+            ->envname(env_name("SAFEPY_", name));
+        app.add_option_function<std::string>(
+               "--max-" + flag_name(name), [&options, name](const std::string& value) { options.maxima[name] = value; },
+               "largest " + name + " a request may ask for (" + std::to_string(*safepy::get_limit(maxima, name)) + ")")
+            ->envname(env_name("SAFEPY_MAX_", name));
+    }
+
+    with_env(app.add_option("--jail", options.jail, "auto, nsjail or bwrap (auto prefers nsjail when found)")
+                              ->check(CLI::IsMember({"auto", "nsjail", "bwrap"})),
+                          "SAFEPY_JAIL");
+    with_env(app.add_option("--nsjail", options.config.nsjail_path, "path of the nsjail binary"), "SAFEPY_NSJAIL");
+    with_env(app.add_option("--bwrap", options.config.bwrap_path, "path of the bwrap binary"), "SAFEPY_BWRAP");
+    with_env(app.add_option("--python", options.config.python_path, "Python inside the sandbox"), "SAFEPY_PYTHON");
+    with_env(app.add_option("--nsjail-config", options.config.nsjail_config_path,
+                                         "nsjail policy file (default: the built-in nsjail/safepy.cfg)"),
+                          "SAFEPY_NSJAIL_CONFIG");
+    app.add_flag("--require-cgroup", options.config.require_cgroup, "refuse to start without a per-run cgroup")
+        ->envname("SAFEPY_REQUIRE_CGROUP");
+}
+
+// Applies typed limit values to `limits`, each checked against `ceiling`.
+std::optional<std::string> apply_limits(const std::map<std::string, std::string>& typed, std::string_view flag_prefix,
+                                        safepy::Limits& limits, const safepy::Limits& ceiling) {
+    for (const auto& [name, text] : typed) {
+        const auto value = safepy::parse_quantity(text);
+        if (!value) {
+            return std::string(flag_prefix) + flag_name(name) + ": not a number: " + text;
+        }
+        if (auto error = safepy::set_limit(limits, name, *value, ceiling)) {
+            return std::string(flag_prefix) + flag_name(name) + ": " + *error;
+        }
+    }
+    return std::nullopt;
+}
+
+// Turns the typed options into the library's Config and the server's settings.
+std::optional<std::string> build(Options& options) {
+    auto& s = options.settings;
+    options.config.jail = *safepy::parse_jail(options.jail);
+    const auto body = safepy::parse_quantity(options.max_body);
+    const auto script = safepy::parse_quantity(options.max_script);
+    if (!body || *body == 0) {
+        return "--max-body-bytes: not a positive number: " + options.max_body;
+    }
+    if (!script || *script == 0) {
+        return "--max-script-bytes: not a positive number: " + options.max_script;
+    }
+    s.policy.max_body_bytes = static_cast<std::size_t>(*body);
+    options.config.max_script_bytes = static_cast<std::size_t>(*script);
+
+    // Maxima are bounded only by their types.
+    safepy::Limits unbounded;
+    unbounded.wall = unbounded.cpu = std::chrono::milliseconds::max();
+    unbounded.memory_bytes = unbounded.tmp_bytes = unbounded.file_bytes = std::numeric_limits<std::uint64_t>::max();
+    unbounded.stdout_bytes = unbounded.stderr_bytes = unbounded.result_bytes = std::numeric_limits<std::uint64_t>::max();
+    unbounded.processes = unbounded.open_files = std::numeric_limits<std::uint32_t>::max();
+
+    safepy::Limits maxima = safepy::service_maxima();
+    if (auto error = apply_limits(options.maxima, "--max-", maxima, unbounded)) {
+        return error;
+    }
+    safepy::Limits defaults;
+    if (auto error = apply_limits(options.defaults, "--", defaults, maxima)) {
+        return error;
+    }
+    if (auto error = safepy::check_limits(defaults, maxima)) {
+        return "the default limits exceed the maxima: " + *error + " (lower the default or raise --max-...)";
+    }
+    options.config.maxima = maxima;
+    s.policy.defaults = defaults;
+    s.policy.maxima = maxima;
+    s.queue_timeout = std::chrono::milliseconds(options.queue_timeout_ms);
+    s.read_timeout = std::chrono::milliseconds(options.read_timeout_ms);
+    s.write_timeout = std::chrono::milliseconds(options.write_timeout_ms);
+    s.idle_timeout = std::chrono::milliseconds(options.idle_timeout_ms);
+    s.ready_cache = std::chrono::milliseconds(options.ready_cache_ms);
+    return std::nullopt;
+}
+
+bool install_signal_handlers() {
+    if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) {
+        return false;
+    }
+    struct sigaction action {};
+    action.sa_handler = on_stop_signal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    return sigaction(SIGTERM, &action, nullptr) == 0 && sigaction(SIGINT, &action, nullptr) == 0;
+}
+
+int wait_for_stop_signal() {
+    char byte = 0;
+    while (read(g_signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
+    }
+    return byte;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"safepy-server: run untrusted Python over HTTP (POST /execute).\n"
+                 "Every option can also be set by the environment variable shown."};
+    Options options;
+    add_options(app, options);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& error) {
+        const int code = app.exit(error);
+        return code == 0 ? 0 : k_usage_error;
+    }
+    if (auto error = build(options)) {
+        std::fprintf(stderr, "safepy-server: %s\n", error->c_str());
+        return k_usage_error;
+    }
+    if (!install_signal_handlers()) {
+        std::fprintf(stderr, "safepy-server: cannot install the signal handlers\n");
+        return k_start_failed;
+    }
+
+    std::string error;
+    auto sandbox = safepy::Sandbox::create(options.config, error);
+    if (!sandbox) {
+        log_event("start_failed", field("error", error));
+        return k_start_failed;
+    }
+    const safepy::Diagnostics diagnostics = sandbox->diagnostics(false);
+    for (const auto& note : diagnostics.notes) {
+        log_event("note", field("note", note));
+    }
+    const auto& settings = options.settings;
+    safepy::server::Server server(options.settings, std::move(sandbox));
+    if (auto problem = server.start()) {
+        log_event("start_failed", field("error", *problem));
+        return k_start_failed;
+    }
+    log_event("listening", field("address", settings.address) + "," + field("port", server.port()) + "," +
+                               field("jail", diagnostics.jail) + "," +
+                               field("resource_control", diagnostics.resource_control) + "," +
+                               field("concurrency", settings.concurrency) + "," + field("queue", settings.queue_length));
+
+    const int signal_number = wait_for_stop_signal();
+    log_event("stopping", field("signal", signal_number == SIGINT ? "SIGINT" : "SIGTERM") + "," +
+                              field("grace_ms", static_cast<std::uint64_t>(options.grace_ms)));
+    server.stop(std::chrono::milliseconds(options.grace_ms));
+    log_event("stopped", field("killed_runs", server.killed_runs()));
+    return 0;
+}
