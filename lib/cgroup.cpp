@@ -258,6 +258,46 @@ std::uint64_t RunCgroup::cpu_microseconds() const {
     return 0;
 }
 
+bool RunCgroup::set_limits(const Limits& limits, std::string& error) const {
+    if (m_version == CgroupVersion::none) {
+        return true;
+    }
+    const std::string memory = std::to_string(limits.memory_bytes);
+    const std::string pids = std::to_string(limits.processes);
+    bool ok = true;
+    if (m_version == CgroupVersion::v2) {
+        const auto& dir = m_dirs[0];
+        ok = write_text(dir + "/memory.max", memory) && write_text(dir + "/pids.max", pids);
+        write_text(dir + "/memory.swap.max", "0");
+    } else {
+        const auto& memory_dir = m_dirs[0];
+        const bool has_memsw = access((memory_dir + "/memory.memsw.limit_in_bytes").c_str(), F_OK) == 0;
+        // memsw must stay >= the memory limit: raise it first when growing.
+        if (has_memsw) {
+            write_text(memory_dir + "/memory.memsw.limit_in_bytes", memory);
+        }
+        ok = write_text(memory_dir + "/memory.limit_in_bytes", memory) &&
+             write_text(m_dirs[1] + "/pids.max", pids);
+        if (has_memsw) {
+            write_text(memory_dir + "/memory.memsw.limit_in_bytes", memory);
+        }
+    }
+    if (!ok) {
+        error = "cannot set the limits of cgroup " + m_dirs[0] + ": " + std::strerror(errno);
+    }
+    return ok;
+}
+
+bool RunCgroup::join(pid_t pid) const {
+    const std::string text = std::to_string(pid);
+    for (int fd : m_join_fds) {
+        if (write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+            return false;
+        }
+    }
+    return true;
+}
+
 CgroupUsage RunCgroup::usage() const {
     CgroupUsage usage;
     if (m_version == CgroupVersion::v2) {
@@ -342,23 +382,7 @@ std::unique_ptr<RunCgroup> Cgroups::create(const Limits& limits, std::string& er
         }
         run->m_dirs.push_back(dir);
     }
-    const std::string memory = std::to_string(limits.memory_bytes);
-    const std::string pids = std::to_string(limits.processes);
-    bool ok = true;
-    if (m_version == CgroupVersion::v2) {
-        const auto& dir = run->m_dirs[0];
-        ok = write_text(dir + "/memory.max", memory) && write_text(dir + "/pids.max", pids);
-        write_text(dir + "/memory.swap.max", "0");
-    } else {
-        const auto& memory_dir = run->m_dirs[0];
-        ok = write_text(memory_dir + "/memory.limit_in_bytes", memory) &&
-             write_text(run->m_dirs[1] + "/pids.max", pids);
-        if (access((memory_dir + "/memory.memsw.limit_in_bytes").c_str(), F_OK) == 0) {
-            write_text(memory_dir + "/memory.memsw.limit_in_bytes", memory);
-        }
-    }
-    if (!ok) {
-        error = "cannot set the limits of cgroup " + run->m_dirs[0] + ": " + std::strerror(errno);
+    if (!run->set_limits(limits, error)) {
         return nullptr;
     }
     for (const auto& dir : run->m_dirs) {

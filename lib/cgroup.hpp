@@ -6,6 +6,7 @@
 #include "safepy/safepy.hpp"
 
 #include <memory>
+#include <sys/types.h>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,12 @@ public:
     // Open cgroup.procs descriptors: the child writes its pid into each
     // before it drops privileges.
     const std::vector<int>& join_fds() const { return m_join_fds; }
+
+    // Applies a run's memory and pids limits; false with `error` on failure.
+    bool set_limits(const Limits& limits, std::string& error) const;
+
+    // Moves a process (by host pid) into the run's cgroups.
+    bool join(pid_t pid) const;
 
     CgroupUsage usage() const;
     std::uint64_t cpu_microseconds() const;

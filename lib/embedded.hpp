@@ -8,6 +8,9 @@ namespace safepy {
 // lib/runner.py: the code that runs inside the jail.
 std::string_view embedded_runner();
 
+// lib/template.py: the warm template, appended to the runner.
+std::string_view embedded_template();
+
 // nsjail/safepy.cfg: the default nsjail policy.
 std::string_view embedded_nsjail_config();
 

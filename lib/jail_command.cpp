@@ -11,15 +11,24 @@ void append(std::vector<std::string>& argv, std::initializer_list<std::string> i
 }
 
 std::vector<std::string> python_command(const JailPlan& plan) {
-    return {plan.python_path, "-I", "-B", "-u", "-c", plan.runner_source, plan.mode == Mode::check ? "check" : "run",
-            std::to_string(k_result_fd), std::to_string(k_script_fd)};
+    std::vector<std::string> argv = {plan.python_path, "-I", "-B", "-u", "-c", plan.runner_source};
+    argv.push_back(plan.warm_template ? "template" : plan.mode == Mode::check ? "check" : "run");
+    argv.push_back(std::to_string(k_result_fd));
+    argv.push_back(std::to_string(k_script_fd));
+    if (plan.warm_template) {
+        argv.insert(argv.end(), plan.preload.begin(), plan.preload.end());
+    }
+    return argv;
 }
 
 std::vector<std::string> bwrap_argv(const JailPlan& plan) {
     std::vector<std::string> argv = {plan.jail_path};
-    append(argv, {"--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
-                  "--cap-drop", "ALL", "--uid", std::to_string(plan.uid), "--gid", std::to_string(plan.gid),
-                  "--hostname", "safepy"});
+    append(argv, {"--unshare-all", "--unshare-user"});
+    if (!plan.warm_template) {
+        append(argv, {"--disable-userns"});
+    }
+    append(argv, {"--die-with-parent", "--new-session", plan.warm_template ? "--cap-add" : "--cap-drop", "ALL",
+                  "--uid", std::to_string(plan.uid), "--gid", std::to_string(plan.gid), "--hostname", "safepy"});
     for (const auto& mount : plan.mounts) {
         switch (mount.kind) {
         case MountEntry::Kind::read_only:
@@ -39,7 +48,10 @@ std::vector<std::string> bwrap_argv(const JailPlan& plan) {
         const auto equals = entry.find('=');
         append(argv, {"--setenv", entry.substr(0, equals), entry.substr(equals + 1)});
     }
-    append(argv, {"--seccomp", std::to_string(k_policy_fd), "--"});
+    if (!plan.warm_template) {
+        append(argv, {"--seccomp", std::to_string(k_policy_fd)});
+    }
+    append(argv, {"--"});
     for (auto& word : python_command(plan)) {
         argv.push_back(std::move(word));
     }
@@ -71,8 +83,13 @@ std::vector<std::string> nsjail_argv(const JailPlan& plan) {
     for (const auto& entry : sandbox_environment()) {
         append(argv, {"--env", entry});
     }
-    append(argv, {"--pass_fd", std::to_string(k_result_fd), "--pass_fd", std::to_string(k_script_fd),
-                  "--seccomp_string", plan.seccomp_kafel, "--"});
+    append(argv, {"--pass_fd", std::to_string(k_result_fd), "--pass_fd", std::to_string(k_script_fd)});
+    if (plan.warm_template) {
+        append(argv, {"--keep_caps", "--proc_rw"});
+    } else {
+        append(argv, {"--seccomp_string", plan.seccomp_kafel});
+    }
+    append(argv, {"--"});
     for (auto& word : python_command(plan)) {
         argv.push_back(std::move(word));
     }

@@ -54,6 +54,11 @@ struct JailPlan {
     std::vector<MountEntry> mounts;
     std::string seccomp_kafel;  // nsjail only; bwrap reads BPF from k_policy_fd
     std::string runner_source;
+    // The warm template: the jail keeps its capabilities (inside its own user
+    // namespace) and has no seccomp filter, so that the template can build each
+    // child's namespaces; every child drops both before user code runs.
+    bool warm_template = false;
+    std::vector<std::string> preload;  // modules the template imports
 };
 
 // argv for the jail, argv[0] included.

@@ -193,10 +193,17 @@ def _walk_all(parts):
             yield from ast.walk(part)
 
 
-try:
-    _safepy_runner()
-except BaseException:
-    # The runner itself failed (for example the script closed the result
-    # descriptor): exit non-zero so the host reports an error, never a result.
-    os._exit(70)
-os._exit(0)
+def _safepy_main():
+    try:
+        _safepy_runner()
+    except BaseException:
+        # The runner itself failed (for example the script closed the result
+        # descriptor): exit non-zero so the host reports an error, never a result.
+        os._exit(70)
+    os._exit(0)
+
+
+# The warm template (template.py) is appended to this file and calls
+# _safepy_main in each prepared child instead.
+if not globals().get("_SAFEPY_TEMPLATE"):
+    _safepy_main()

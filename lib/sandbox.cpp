@@ -7,6 +7,7 @@
 #include "jail_command.hpp"
 #include "seccomp_policy.hpp"
 #include "spawn.hpp"
+#include "warm_pool.hpp"
 
 #include <cstdlib>
 #include <fstream>
@@ -24,7 +25,11 @@ struct Sandbox::Impl {
     Cgroups cgroups;
     std::string policy;  // bwrap: seccomp BPF; nsjail: config text
     std::string kafel;
+    std::string bpf;  // the deny-list as BPF: bwrap's --seccomp, and warm children install it themselves
     std::vector<std::string> notes;
+    std::unique_ptr<WarmPool> pool;
+
+    ~Impl() { pool.reset(); }  // before the cgroups it uses
 };
 
 namespace {
@@ -81,6 +86,95 @@ Outcome rejected(Status status, std::string error, std::string detail = "") {
     outcome.status = status;
     outcome.error = std::move(error);
     outcome.detail = std::move(detail);
+    return outcome;
+}
+
+JailPlan base_plan(const Sandbox::Impl& impl) {
+    JailPlan plan;
+    plan.kind = impl.jail;
+    plan.jail_path = impl.jail_path;
+    plan.python_path = impl.config.python_path;
+    plan.uid = geteuid() == 0 ? impl.config.sandbox_uid : geteuid();
+    plan.gid = geteuid() == 0 ? impl.config.sandbox_gid : getegid();
+    plan.mounts = impl.mounts;
+    plan.seccomp_kafel = impl.kafel;
+    plan.runner_source = std::string(embedded_runner());
+    return plan;
+}
+
+SpawnSpec base_spawn(const Sandbox::Impl& impl, const JailPlan& plan) {
+    SpawnSpec spec;
+    spec.argv = jail_argv(plan);
+    spec.environment = {"PATH=/usr/bin:/bin"};
+    spec.policy = impl.policy;
+    spec.jail_log = impl.jail == JailKind::nsjail;
+    spec.limits = plan.limits;
+    spec.rlimit_memory = impl.cgroups.version() == CgroupVersion::none;
+    spec.drop_privileges = geteuid() == 0;
+    spec.uid = plan.uid;
+    spec.gid = plan.gid;
+    return spec;
+}
+
+WarmSettings warm_settings(const Sandbox::Impl& impl) {
+    WarmSettings settings;
+    JailPlan plan = base_plan(impl);
+    plan.warm_template = true;
+    plan.preload = impl.config.warm_preload;
+    plan.runner_source = "_SAFEPY_TEMPLATE = True\n" + plan.runner_source + "\n" + std::string(embedded_template());
+    // The template's hard limits bound every child's: the operator's maxima.
+    plan.limits = impl.config.maxima;
+    plan.limits.tmp_bytes = Limits{}.tmp_bytes;
+    settings.template_plan = plan;
+    settings.template_spawn = base_spawn(impl, plan);
+    settings.template_spawn.script = impl.bpf;  // the children's filter, on the template's script descriptor
+    settings.template_spawn.rlimit_memory = false;
+    settings.template_spawn.unlimited_cpu = true;
+    settings.cgroups = impl.cgroups.version() == CgroupVersion::none ? nullptr : &impl.cgroups;
+    settings.pool_size = impl.config.warm_pool_size;
+    return settings;
+}
+
+// Turns what a run left behind into its outcome.
+Outcome conclude(const Sandbox::Impl& impl, const Request& request, const SpawnResult& spawned,
+                 const CgroupUsage& usage) {
+    Evidence evidence;
+    evidence.spawn_error = spawned.spawn_error;
+    evidence.stdout_over = spawned.stdout_over;
+    evidence.stderr_over = spawned.stderr_over;
+    evidence.result_over = spawned.result_over;
+    evidence.wall_timeout = spawned.wall_timeout;
+    evidence.cpu_timeout = spawned.cpu_timeout;
+    evidence.oom_kills = usage.oom_kills;
+    evidence.wait_status = spawned.wait_status;
+    evidence.cpu = usage.has_cpu ? std::chrono::milliseconds(usage.cpu_microseconds / 1000) : spawned.cpu;
+    evidence.report = parse_runner_report(spawned.result_bytes);
+    if (evidence.report.kind && *evidence.report.kind == "ok") {
+        evidence.result_error = validate_result_json(evidence.report.body);
+    }
+    evidence.limits = request.limits;
+    evidence.jail = std::string(jail_name(impl.jail));
+    // Before the script starts, stderr holds only the jail's own messages.
+    evidence.jail_log = spawned.jail_log + (evidence.report.started ? "" : spawned.stderr_bytes);
+    const Verdict verdict = classify(evidence);
+
+    Outcome outcome;
+    outcome.status = verdict.status;
+    outcome.error = verdict.error;
+    outcome.detail = verdict.detail;
+    if (verdict.status == Status::ok) {
+        outcome.result_json = evidence.report.body;
+    }
+    outcome.script_started = evidence.report.started;
+    outcome.stdout_bytes = spawned.stdout_bytes;
+    outcome.stderr_bytes = spawned.stderr_bytes;
+    outcome.stdout_truncated = spawned.stdout_over;
+    outcome.stderr_truncated = spawned.stderr_over;
+    outcome.usage.wall = spawned.wall;
+    outcome.usage.cpu = evidence.cpu;
+    outcome.usage.peak_memory_bytes = usage.peak_memory_bytes ? usage.peak_memory_bytes : spawned.max_rss_bytes;
+    outcome.jail = evidence.jail;
+    outcome.resource_control = impl.cgroups.name();
     return outcome;
 }
 
@@ -141,6 +235,12 @@ std::unique_ptr<Sandbox> Sandbox::create(const Config& config, std::string& erro
     }
     impl->mounts = default_mounts(read_host_layout());
     impl->kafel = seccomp_kafel_policy();
+    SeccompProgram program = compile_seccomp_bpf();
+    if (!program.error.empty()) {
+        error = "Cannot build the seccomp filter: " + program.error;
+        return nullptr;
+    }
+    impl->bpf.assign(program.bpf.begin(), program.bpf.end());
     if (impl->jail == JailKind::nsjail) {
         if (config.nsjail_config_path.empty()) {
             impl->policy = std::string(embedded_nsjail_config());
@@ -151,12 +251,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Config& config, std::string& erro
             return nullptr;
         }
     } else {
-        SeccompProgram program = compile_seccomp_bpf();
-        if (!program.error.empty()) {
-            error = "Cannot build the seccomp filter: " + program.error;
-            return nullptr;
-        }
-        impl->policy.assign(program.bpf.begin(), program.bpf.end());
+        impl->policy = impl->bpf;
     }
     std::string note;
     impl->cgroups = Cgroups::detect(note);
@@ -174,7 +269,18 @@ std::unique_ptr<Sandbox> Sandbox::create(const Config& config, std::string& erro
     if (geteuid() != 0) {
         impl->notes.push_back("not started as root: scripts run as this user's uid " + std::to_string(geteuid()));
     }
+    if (config.warm) {
+        if (config.warm_pool_size == 0) {
+            error = "The warm pool needs at least one prepared child";
+            return nullptr;
+        }
+        impl->pool = std::make_unique<WarmPool>(warm_settings(*impl));
+    }
     return std::unique_ptr<Sandbox>(new Sandbox(std::move(impl)));
+}
+
+bool Sandbox::wait_ready(std::chrono::milliseconds timeout) const {
+    return !m_impl->pool || m_impl->pool->wait_ready(timeout);
 }
 
 Outcome Sandbox::run(const Request& request) const noexcept {
@@ -183,36 +289,21 @@ Outcome Sandbox::run(const Request& request) const noexcept {
         if (auto error = check_request(request, impl.config)) {
             return rejected(Status::invalid_request, *error);
         }
+        if (impl.pool) {
+            const WarmRun warm = impl.pool->run(request);
+            return conclude(impl, request, warm.spawned, warm.usage);
+        }
         std::string cgroup_error;
         auto cgroup = impl.cgroups.create(request.limits, cgroup_error);
         if (!cgroup) {
             return rejected(Status::sandbox_error, "Sandbox failure (not caused by the script): cannot create the run's cgroup",
                             cgroup_error);
         }
-
-        JailPlan plan;
-        plan.kind = impl.jail;
-        plan.jail_path = impl.jail_path;
-        plan.python_path = impl.config.python_path;
+        JailPlan plan = base_plan(impl);
         plan.mode = request.mode;
         plan.limits = request.limits;
-        plan.uid = geteuid() == 0 ? impl.config.sandbox_uid : geteuid();
-        plan.gid = geteuid() == 0 ? impl.config.sandbox_gid : getegid();
-        plan.mounts = impl.mounts;
-        plan.seccomp_kafel = impl.kafel;
-        plan.runner_source = std::string(embedded_runner());
-
-        SpawnSpec spec;
-        spec.argv = jail_argv(plan);
-        spec.environment = {"PATH=/usr/bin:/bin"};
+        SpawnSpec spec = base_spawn(impl, plan);
         spec.script = request.script;
-        spec.policy = impl.policy;
-        spec.jail_log = impl.jail == JailKind::nsjail;
-        spec.limits = request.limits;
-        spec.rlimit_memory = impl.cgroups.version() == CgroupVersion::none;
-        spec.drop_privileges = geteuid() == 0;
-        spec.uid = plan.uid;
-        spec.gid = plan.gid;
         spec.cgroup_join_fds = cgroup->join_fds();
         DrainSpec drain;
         drain.limits = request.limits;
@@ -224,45 +315,7 @@ Outcome Sandbox::run(const Request& request) const noexcept {
         const SpawnResult spawned = spawn_and_drain(spec, drain);
         const CgroupUsage usage = cgroup->usage();
         cgroup.reset();  // nothing of the run survives this line
-
-        Evidence evidence;
-        evidence.spawn_error = spawned.spawn_error;
-        evidence.stdout_over = spawned.stdout_over;
-        evidence.stderr_over = spawned.stderr_over;
-        evidence.result_over = spawned.result_over;
-        evidence.wall_timeout = spawned.wall_timeout;
-        evidence.cpu_timeout = spawned.cpu_timeout;
-        evidence.oom_kills = usage.oom_kills;
-        evidence.wait_status = spawned.wait_status;
-        evidence.cpu = usage.has_cpu ? std::chrono::milliseconds(usage.cpu_microseconds / 1000) : spawned.cpu;
-        evidence.report = parse_runner_report(spawned.result_bytes);
-        if (evidence.report.kind && *evidence.report.kind == "ok") {
-            evidence.result_error = validate_result_json(evidence.report.body);
-        }
-        evidence.limits = request.limits;
-        evidence.jail = std::string(jail_name(impl.jail));
-        // Before the script starts, stderr holds only the jail's own messages.
-        evidence.jail_log = spawned.jail_log + (evidence.report.started ? "" : spawned.stderr_bytes);
-        const Verdict verdict = classify(evidence);
-
-        Outcome outcome;
-        outcome.status = verdict.status;
-        outcome.error = verdict.error;
-        outcome.detail = verdict.detail;
-        if (verdict.status == Status::ok) {
-            outcome.result_json = evidence.report.body;
-        }
-        outcome.script_started = evidence.report.started;
-        outcome.stdout_bytes = spawned.stdout_bytes;
-        outcome.stderr_bytes = spawned.stderr_bytes;
-        outcome.stdout_truncated = spawned.stdout_over;
-        outcome.stderr_truncated = spawned.stderr_over;
-        outcome.usage.wall = spawned.wall;
-        outcome.usage.cpu = evidence.cpu;
-        outcome.usage.peak_memory_bytes = usage.peak_memory_bytes ? usage.peak_memory_bytes : spawned.max_rss_bytes;
-        outcome.jail = evidence.jail;
-        outcome.resource_control = impl.cgroups.name();
-        return outcome;
+        return conclude(impl, request, spawned, usage);
     } catch (const std::exception& error) {
         return rejected(Status::sandbox_error, "Sandbox failure (not caused by the script): internal error", error.what());
     } catch (...) {
@@ -272,12 +325,16 @@ Outcome Sandbox::run(const Request& request) const noexcept {
 
 Diagnostics Sandbox::diagnostics(bool probe) const {
     Diagnostics diagnostics;
+    diagnostics.mode = m_impl->pool ? "warm" : "cold";
     diagnostics.jail = std::string(jail_name(m_impl->jail));
     diagnostics.jail_path = m_impl->jail_path;
     diagnostics.resource_control = m_impl->cgroups.name();
     diagnostics.cgroup_path = m_impl->cgroups.path();
     diagnostics.python_path = m_impl->config.python_path;
     diagnostics.notes = m_impl->notes;
+    if (m_impl->pool) {
+        diagnostics.notes.push_back("warm pool: " + m_impl->pool->state());
+    }
     if (!probe) {
         return diagnostics;
     }

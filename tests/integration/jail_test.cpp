@@ -62,14 +62,30 @@ std::string nsjail_path() {
     return "";
 }
 
-class JailTest : public ::testing::TestWithParam<JailKind> {
+struct JailMode {
+    JailKind jail;
+    bool warm;
+};
+
+class JailTest : public ::testing::TestWithParam<JailMode> {
 protected:
     void SetUp() override {
-        if (GetParam() == JailKind::nsjail && nsjail_path().empty()) {
+        if (jail() == JailKind::nsjail && nsjail_path().empty()) {
             GTEST_SKIP() << "nsjail not found: set SAFEPY_NSJAIL=/path/to/nsjail to run the nsjail tests";
         }
         m_sandbox = sandbox_for(GetParam());
         ASSERT_NE(m_sandbox, nullptr) << "the jail must work here: " << m_create_error;
+        ASSERT_TRUE(m_sandbox->wait_ready(30s)) << "the warm pool did not start";
+    }
+
+    JailKind jail() const { return GetParam().jail; }
+
+    Config config() const {
+        Config config;
+        config.jail = jail();
+        config.nsjail_path = nsjail_path();
+        config.warm = GetParam().warm;
+        return config;
     }
 
     Outcome run_file(const std::string& name, const Limits& limits = Limits{}) {
@@ -102,26 +118,26 @@ protected:
     std::string m_create_error;
 
 private:
-    Sandbox* sandbox_for(JailKind kind) {
+    Sandbox* sandbox_for(JailMode mode) {
         static std::mutex mutex;
-        static std::map<JailKind, std::unique_ptr<Sandbox>> sandboxes;
+        static std::map<std::pair<JailKind, bool>, std::unique_ptr<Sandbox>> sandboxes;
         std::lock_guard lock(mutex);
-        auto& slot = sandboxes[kind];
+        auto& slot = sandboxes[{mode.jail, mode.warm}];
         if (!slot) {
-            Config config;
-            config.jail = kind;
-            config.nsjail_path = nsjail_path();
-            slot = Sandbox::create(config, m_create_error);
+            slot = Sandbox::create(config(), m_create_error);
         }
         return slot.get();
     }
 };
 
-std::string print_jail(const ::testing::TestParamInfo<JailKind>& info) {
-    return std::string(jail_name(info.param));
+std::string print_mode(const ::testing::TestParamInfo<JailMode>& info) {
+    return std::string(jail_name(info.param.jail)) + (info.param.warm ? "_warm" : "_cold");
 }
 
-INSTANTIATE_TEST_SUITE_P(Jails, JailTest, ::testing::Values(JailKind::bwrap, JailKind::nsjail), print_jail);
+INSTANTIATE_TEST_SUITE_P(Jails, JailTest,
+                         ::testing::Values(JailMode{JailKind::bwrap, false}, JailMode{JailKind::bwrap, true},
+                                           JailMode{JailKind::nsjail, false}, JailMode{JailKind::nsjail, true}),
+                         print_mode);
 
 // README examples
 
@@ -129,7 +145,7 @@ TEST_P(JailTest, HelloWorldEnvelopeIsExact) {
     const Outcome outcome = run_file("hello.py");
     ASSERT_EQ(outcome.status, Status::ok) << outcome.error << outcome.stderr_bytes << outcome.detail;
     EXPECT_EQ(envelope_json(outcome), R"({"result": {"result": "Hello, World!"}, "stdout": ""})");
-    EXPECT_EQ(outcome.jail, jail_name(GetParam()));
+    EXPECT_EQ(outcome.jail, jail_name(jail()));
     expect_bounded();
 }
 
@@ -443,10 +459,9 @@ TEST_P(JailTest, InvalidRequestsNeverStartAJail) {
 }
 
 TEST_P(JailTest, AJailThatFailsIsASandboxErrorNotTheScripts) {
-    Config config;
-    config.jail = GetParam();
+    Config config = this->config();
     // A "jail" that exits at once without starting Python.
-    (GetParam() == JailKind::nsjail ? config.nsjail_path : config.bwrap_path) = "/bin/false";
+    (jail() == JailKind::nsjail ? config.nsjail_path : config.bwrap_path) = "/bin/false";
     std::string error;
     auto broken = Sandbox::create(config, error);
     ASSERT_NE(broken, nullptr) << error;
@@ -455,7 +470,11 @@ TEST_P(JailTest, AJailThatFailsIsASandboxErrorNotTheScripts) {
     const Outcome outcome = broken->run(request);
     EXPECT_EQ(outcome.status, Status::sandbox_error);
     EXPECT_TRUE(contains(outcome.error, "not caused by the script")) << outcome.error;
-    EXPECT_TRUE(contains(outcome.detail, "exited with status 1")) << outcome.detail;
+    if (!GetParam().warm) {
+        EXPECT_TRUE(contains(outcome.detail, "exited with status 1")) << outcome.detail;
+    } else {
+        EXPECT_TRUE(contains(outcome.error + outcome.detail, "warm")) << outcome.error << outcome.detail;
+    }
     EXPECT_FALSE(outcome.script_started);
 }
 
@@ -464,7 +483,9 @@ TEST_P(JailTest, UsageIsReported) {
     ASSERT_EQ(outcome.status, Status::ok);
     EXPECT_GT(outcome.usage.wall.count(), 0);
     EXPECT_GT(outcome.usage.cpu.count(), 0);
-    EXPECT_GT(outcome.usage.peak_memory_bytes, 10u << 20);
+    // Warm runs share the template's pages (charged to the template): only
+    // what the run adds counts against it.
+    EXPECT_GT(outcome.usage.peak_memory_bytes, GetParam().warm ? 1u << 20 : 10u << 20);
     EXPECT_FALSE(outcome.resource_control.empty());
 }
 

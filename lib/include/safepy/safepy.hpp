@@ -102,6 +102,12 @@ struct Config {
     bool require_cgroup = false;           // refuse to start without a per-run cgroup
     std::size_t max_script_bytes = 1u << 20;
     Limits maxima = default_maxima();
+    // Warm mode: a template inside the jail imports `warm_preload` once and
+    // forks a prepared child per run, each with its own namespaces, /tmp,
+    // limits and seccomp filter. Cold mode starts a fresh jail per run.
+    bool warm = false;
+    std::size_t warm_pool_size = 2;  // children kept prepared ahead of demand
+    std::vector<std::string> warm_preload = {"numpy", "pandas"};
 };
 
 struct Usage {
@@ -137,6 +143,7 @@ std::string envelope_json(const Outcome& outcome, bool with_details = false);
 int exit_code(Status status);
 
 struct Diagnostics {
+    std::string mode;  // "cold" or "warm"
     std::string jail;
     std::string jail_path;
     std::string resource_control;
@@ -171,6 +178,10 @@ public:
     // What is in effect; with `probe`, also runs a script in the sandbox that
     // reports the Python, numpy and pandas versions.
     Diagnostics diagnostics(bool probe) const;
+
+    // Warm mode: waits until prepared children are available (false after
+    // `timeout`). Cold mode: true at once.
+    bool wait_ready(std::chrono::milliseconds timeout) const;
 
     struct Impl;
 
