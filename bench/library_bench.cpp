@@ -7,6 +7,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -43,12 +44,21 @@ std::string read_text(const std::string& path) {
 
 // A jail is benchmarked only when a probe run succeeds, so that a missing or
 // unprivileged jail shows up as a note rather than as a row of errors.
-std::optional<Jail> open_jail(safepy::JailKind kind, const std::string& nsjail_path, std::string& why) {
+std::optional<Jail> open_jail(safepy::JailKind kind, bool warm, const std::string& nsjail_path, std::string& why) {
+    constexpr auto k_warm_start_timeout = std::chrono::seconds(60);
     safepy::Config config;
     config.jail = kind;
     config.nsjail_path = nsjail_path;
+    config.warm = warm;
     auto sandbox = safepy::Sandbox::create(config, why);
     if (!sandbox) {
+        return std::nullopt;
+    }
+    if (!sandbox->wait_ready(k_warm_start_timeout)) {
+        why = "not ready after 60 s";
+        for (const auto& note : sandbox->diagnostics(false).notes) {
+            why += "; " + note;
+        }
         return std::nullopt;
     }
     safepy::Request probe;
@@ -58,7 +68,7 @@ std::optional<Jail> open_jail(safepy::JailKind kind, const std::string& nsjail_p
         why = "probe run failed: " + outcome.error + " " + outcome.detail;
         return std::nullopt;
     }
-    return Jail{std::string(safepy::jail_name(kind)), std::move(sandbox)};
+    return Jail{std::string(safepy::jail_name(kind)) + (warm ? "/warm" : "/cold"), std::move(sandbox)};
 }
 
 void bm_sandbox_run(benchmark::State& state, const safepy::Sandbox* sandbox, const safepy::Request* request) {
@@ -177,12 +187,15 @@ int main(int argc, char** argv) {
     const char* nsjail_env = std::getenv("SAFEPY_NSJAIL");
     const std::string nsjail_path = nsjail_env ? nsjail_env : "";
     for (auto kind : {safepy::JailKind::bwrap, safepy::JailKind::nsjail}) {
-        std::string why;
-        if (auto jail = open_jail(kind, nsjail_path, why)) {
-            jails.push_back(std::move(*jail));
-        } else {
-            std::cerr << "library_bench: skipping " << safepy::jail_name(kind) << ": " << why
-                      << (kind == safepy::JailKind::nsjail ? " (set SAFEPY_NSJAIL=/path/to/nsjail)" : "") << "\n";
+        for (bool warm : {false, true}) {
+            std::string why;
+            if (auto jail = open_jail(kind, warm, nsjail_path, why)) {
+                jails.push_back(std::move(*jail));
+            } else {
+                std::cerr << "library_bench: skipping " << safepy::jail_name(kind) << (warm ? " warm" : " cold")
+                          << ": " << why
+                          << (kind == safepy::JailKind::nsjail ? " (set SAFEPY_NSJAIL=/path/to/nsjail)" : "") << "\n";
+            }
         }
     }
 
