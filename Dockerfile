@@ -2,15 +2,17 @@
 #
 #   docker build -t safepy .
 #       nsjail is built from the pinned upstream tag (needs github.com).
-#   cp /path/to/nsjail .nsjail/nsjail && docker build --build-arg NSJAIL_SOURCE=prebuilt -t safepy .
+#   install -D /path/to/nsjail .nsjail/nsjail && docker build --build-arg NSJAIL_SOURCE=prebuilt -t safepy .
 #       nsjail is copied from the build context (for builders without internet access;
 #       .nsjail/nsjail is the only such file .dockerignore lets through, and it is gitignored).
 #   docker run --rm -p 8080:8080 --privileged safepy
 #       nsjail needs user namespaces inside the container: see deploy/README.md for the
 #       minimum privileges (Docker, Cloud Run gen2, Kubernetes).
 #
-# Needs BuildKit (the default since Docker 23) or buildah/podman, which skip the
-# nsjail stage that NSJAIL_SOURCE does not select.
+# BuildKit (the default since Docker 23) builds only the nsjail stage NSJAIL_SOURCE
+# selects. buildah/podman before 1.29 (Debian 12 has podman 4.3 with buildah 1.28)
+# ignore the default of an ARG used in FROM: pass --build-arg NSJAIL_SOURCE=build or
+# =prebuilt explicitly there.
 
 ARG DEBIAN_IMAGE=debian:bookworm-slim
 ARG NSJAIL_SOURCE=build
@@ -28,10 +30,12 @@ RUN git clone --depth 1 --branch "${NSJAIL_VERSION}" --recursive "${NSJAIL_REPOS
  && make -C /src/nsjail -j"$(nproc)" \
  && install -D -m 0755 -s /src/nsjail/nsjail /out/nsjail
 
-# nsjail, alternative: a binary placed in the build context (built for Debian 12 amd64).
+# nsjail, alternative: the binary at .nsjail/nsjail in the build context (built for
+# Debian 12 amd64; the one file there that .dockerignore lets through). The wildcard
+# keeps builders that run every stage (Docker's legacy builder) from failing here when
+# there is no such file; the runtime stage's COPY then fails if it was needed.
 FROM scratch AS nsjail-prebuilt
-ARG NSJAIL_PREBUILT=.nsjail/nsjail
-COPY ${NSJAIL_PREBUILT} /out/nsjail
+COPY CMakeLists.txt .nsjail/nsjai[l] /out/
 
 FROM nsjail-${NSJAIL_SOURCE} AS nsjail
 
