@@ -12,6 +12,8 @@
 #include <map>
 #include <mutex>
 #include <sstream>
+#include <thread>
+#include <csignal>
 #include <unistd.h>
 
 namespace safepy {
@@ -476,6 +478,135 @@ TEST_P(JailTest, AJailThatFailsIsASandboxErrorNotTheScripts) {
         EXPECT_TRUE(contains(outcome.error + outcome.detail, "warm")) << outcome.error << outcome.detail;
     }
     EXPECT_FALSE(outcome.script_started);
+}
+
+TEST_P(JailTest, NothingOfOneRunReachesTheNext) {
+    const Outcome first = run_file("leak_probe.py");
+    ASSERT_EQ(first.status, Status::ok) << first.error << first.stderr_bytes;
+    const Outcome second = run_file("leak_probe.py");
+    ASSERT_EQ(second.status, Status::ok) << second.error << second.stderr_bytes;
+    for (const Outcome* outcome : {&first, &second}) {
+        const std::string& r = outcome->result_json;
+        EXPECT_TRUE(contains(r, R"("pandas_marker": null, "json_marker": null, "dataframe_patched": false, )"
+                                R"("json_dumps_patched": false, "injected_module": false, "builtin_marker": null, "tmp": [])"))
+            << r;
+        EXPECT_FALSE(contains(r, "leaked")) << r;
+    }
+    // Random streams are not shared between runs (forked children reseed).
+    auto field = [](const std::string& json, const std::string& name) {
+        const auto start = json.find("\"" + name + "\": ") + name.size() + 4;
+        return json.substr(start, json.find_first_of(",}", start) - start);
+    };
+    EXPECT_NE(field(first.result_json, "numpy_random"), field(second.result_json, "numpy_random"));
+    EXPECT_NE(field(first.result_json, "python_random"), field(second.result_json, "python_random"));
+}
+
+TEST_P(JailTest, ARunSeesOnlyItsOwnProcesses) {
+    const Outcome outcome = run_file("leak_probe.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error;
+    // The script is pid 1 (nsjail, warm) or 2 under bwrap's init; nothing else.
+    const bool bwrap_cold = jail() == JailKind::bwrap && !GetParam().warm;
+    EXPECT_TRUE(contains(outcome.result_json, bwrap_cold ? R"("pids": ["1", "2"])" : R"("pids": ["1"])"))
+        << outcome.result_json;
+}
+
+TEST_P(JailTest, ConcurrentRunsAreAllAnsweredCorrectly) {
+    constexpr int k_runs = 8;
+    std::vector<Outcome> outcomes(k_runs);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < k_runs; ++i) {
+        threads.emplace_back([this, i, &outcomes] {
+            Request request;
+            request.script = "def main():\n    print(" + std::to_string(i) + ")\n    return [" + std::to_string(i) + "]\n";
+            outcomes[static_cast<std::size_t>(i)] = m_sandbox->run(request);
+        });
+    }
+    for (auto& thread : threads) {
+        thread.join();
+    }
+    for (int i = 0; i < k_runs; ++i) {
+        const Outcome& outcome = outcomes[static_cast<std::size_t>(i)];
+        ASSERT_EQ(outcome.status, Status::ok) << i << ": " << outcome.error << outcome.detail;
+        EXPECT_EQ(outcome.result_json, "[" + std::to_string(i) + "]");
+        EXPECT_EQ(outcome.stdout_bytes, std::to_string(i) + "\n");
+    }
+}
+
+// Host pids of this process's descendants that run Python with `token` on
+// their command line and a parent that is not Python (the template, not its
+// children), started through a process whose argv[0] ends with `jail`.
+std::vector<pid_t> own_descendants_with(const std::string& token, const std::string& jail) {
+    auto read = [](const std::string& path) {
+        std::ifstream in(path, std::ios::binary);
+        return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    };
+    auto parent_of = [&read](pid_t pid) {
+        const std::string status = read("/proc/" + std::to_string(pid) + "/status");
+        const auto at = status.find("PPid:");
+        return at == std::string::npos ? 0 : std::atoi(status.c_str() + at + 5);
+    };
+    std::vector<pid_t> found;
+    DIR* proc = opendir("/proc");
+    while (dirent* entry = proc ? readdir(proc) : nullptr) {
+        auto program_of = [&read](pid_t pid) {
+            const std::string cmdline = read("/proc/" + std::to_string(pid) + "/cmdline");
+            return cmdline.substr(0, cmdline.find('\0'));
+        };
+        const pid_t pid = std::atoi(entry->d_name);
+        if (pid <= 0 || !contains(read("/proc/" + std::to_string(pid) + "/cmdline"), token) ||
+            !program_of(pid).ends_with("python3")) {
+            continue;
+        }
+        const pid_t parent = parent_of(pid);
+        if (program_of(parent).ends_with("python3")) {
+            continue;  // a child of the template, not the template
+        }
+        bool through_jail = false;
+        for (pid_t up = parent; up > 1; up = parent_of(up)) {
+            const std::string cmdline = read("/proc/" + std::to_string(up) + "/cmdline");
+            const std::string program = cmdline.substr(0, cmdline.find('\0'));
+            through_jail = through_jail || program.ends_with("/" + jail);
+            if (up == getpid()) {
+                if (through_jail) {
+                    found.push_back(pid);
+                }
+                break;
+            }
+        }
+    }
+    if (proc) {
+        closedir(proc);
+    }
+    return found;
+}
+
+// Warm mode only: cold runs have no template.
+class WarmJailTest : public JailTest {};
+
+INSTANTIATE_TEST_SUITE_P(Jails, WarmJailTest,
+                         ::testing::Values(JailMode{JailKind::bwrap, true}, JailMode{JailKind::nsjail, true}),
+                         print_mode);
+
+TEST_P(WarmJailTest, ADeadTemplateIsReplacedAndNeverGivesAWrongResult) {
+    const std::string jail_program(jail_name(jail()));
+    const auto templates = own_descendants_with("_SAFEPY_TEMPLATE", jail_program);
+    ASSERT_EQ(templates.size(), 1u);
+    kill(templates[0], SIGKILL);
+    bool recovered = false;
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (!recovered && std::chrono::steady_clock::now() < deadline) {
+        const Outcome outcome = run_file("prints_and_numbers.py");
+        if (outcome.status == Status::ok) {
+            EXPECT_TRUE(contains(outcome.result_json, R"("total": 45)")) << outcome.result_json;
+            EXPECT_EQ(outcome.stdout_bytes, "loading\ntotal is 45\n");
+            recovered = true;
+        } else {
+            EXPECT_EQ(outcome.status, Status::sandbox_error) << outcome.error;
+            EXPECT_TRUE(outcome.result_json.empty());
+        }
+    }
+    EXPECT_TRUE(recovered);
+    EXPECT_EQ(own_descendants_with("_SAFEPY_TEMPLATE", jail_program).size(), 1u);
 }
 
 TEST_P(JailTest, UsageIsReported) {
