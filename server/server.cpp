@@ -845,8 +845,12 @@ void Server::stop(std::chrono::milliseconds grace) {
     impl.http.stop();
     if (!impl.admission.wait_idle(grace_end)) {
         impl.killing = true;
-        kill_child_processes();
-        impl.admission.wait_idle(Clock::now() + k_after_kill);
+        // Again and again: a run admitted just before the drain may start its jail after a pass.
+        const auto kill_end = Clock::now() + k_after_kill;
+        do {
+            kill_child_processes();
+        } while (!impl.admission.wait_idle(std::min(kill_end, Clock::now() + std::chrono::milliseconds(50))) &&
+                 Clock::now() < kill_end);
     }
     // Responses of finished runs are still being written; give them the rest of the grace period.
     const auto write_end = std::max(grace_end, Clock::now() + std::chrono::milliseconds(impl.killing ? 1000 : 0));

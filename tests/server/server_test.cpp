@@ -1,0 +1,964 @@
+// Real HTTP against the real server on a free port, every run under bubblewrap.
+// These tests fail, never skip, when bubblewrap does not work.
+#include "server.hpp"
+
+#include "safepy/http.hpp"
+#include "safepy/safepy.hpp"
+
+#include <httplib.h>
+
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <future>
+#include <mutex>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+namespace safepy::server {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+// The README's three examples: the exact bytes curl sends, and the exact answers.
+const std::string k_hello_body = R"({"script": "def main(): return {\"result\": \"Hello, World!\"}"})";
+const std::string k_hello_envelope = R"({"result": {"result": "Hello, World!"}, "stdout": ""})";
+const std::string k_numbers_body =
+    R"({"script": "def main():\n    print(\"computing\")\n    return {\"sum\": sum(range(10)), \"pi\": 3.14}"})";
+const std::string k_numbers_envelope = R"({"result": {"sum": 45, "pi": 3.14}, "stdout": "computing\n"})";
+const std::string k_no_main_body = R"({"script": "def helper(): return 1"})";
+const std::string k_no_main_envelope =
+    R"({"error": "Script must contain a main() function", "status": "invalid_script", "stdout": "", "stderr": ""})";
+
+std::string execute_body(std::string_view script, std::string_view limits = "") {
+    std::string body = "{\"script\": " + json_quote(script);
+    if (!limits.empty()) {
+        body += ", \"limits\": " + std::string(limits);
+    }
+    return body + "}";
+}
+
+std::string sleeper(double seconds) {
+    return "import time\ndef main():\n    time.sleep(" + std::to_string(seconds) + ")\n    return {\"slept\": True}\n";
+}
+
+std::string error_json(std::string_view message, std::string_view status = "invalid_request") {
+    return "{\"error\": " + json_quote(message) + ", \"status\": " + json_quote(status) + "}";
+}
+
+std::vector<pid_t> children_of_this_process() {
+    std::vector<pid_t> children;
+    DIR* proc = opendir("/proc");
+    while (proc) {
+        const dirent* entry = readdir(proc);
+        if (!entry) {
+            break;
+        }
+        if (std::string_view(entry->d_name).find_first_not_of("0123456789") != std::string_view::npos) {
+            continue;
+        }
+        std::ifstream stat(std::string("/proc/") + entry->d_name + "/stat");
+        std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+        const auto close = text.rfind(')');
+        if (close == std::string::npos) {
+            continue;
+        }
+        std::istringstream fields(text.substr(close + 1));
+        std::string state;
+        pid_t parent = 0;
+        if (fields >> state >> parent && parent == getpid() && state != "Z") {
+            children.push_back(std::stoi(entry->d_name));
+        }
+    }
+    if (proc) {
+        closedir(proc);
+    }
+    return children;
+}
+
+std::uint64_t resident_bytes() {
+    std::ifstream status("/proc/self/status");
+    std::string line;
+    while (std::getline(status, line)) {
+        if (line.rfind("VmRSS:", 0) == 0) {
+            return std::stoull(line.substr(6)) * 1024;
+        }
+    }
+    return 0;
+}
+
+// A plain TCP connection, for what httplib::Client will not send.
+class Raw {
+public:
+    explicit Raw(int port) : m_fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+        sockaddr_in address{};
+        address.sin_family = AF_INET;
+        address.sin_port = htons(static_cast<std::uint16_t>(port));
+        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        m_connected = connect(m_fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
+    }
+    ~Raw() { close(m_fd); }
+    Raw(const Raw&) = delete;
+    Raw& operator=(const Raw&) = delete;
+
+    bool connected() const { return m_connected; }
+
+    bool send_all(std::string_view data) {
+        while (!data.empty()) {
+            const ssize_t n = send(m_fd, data.data(), data.size(), MSG_NOSIGNAL);
+            if (n <= 0) {
+                return false;
+            }
+            data.remove_prefix(static_cast<std::size_t>(n));
+        }
+        return true;
+    }
+
+    // Everything until the server closes or `timeout` passes; `closed` says which.
+    std::string read_until_close(std::chrono::milliseconds timeout, bool* closed = nullptr) {
+        std::string out;
+        const auto deadline = Clock::now() + timeout;
+        bool eof = false;
+        while (!eof && Clock::now() < deadline) {
+            eof = !read_some(out, deadline);
+        }
+        if (closed) {
+            *closed = eof;
+        }
+        return out;
+    }
+
+    // One response: headers and a Content-Length body.
+    std::string read_response(std::chrono::milliseconds timeout = 10s) {
+        const auto deadline = Clock::now() + timeout;
+        std::string out = std::move(m_pending);
+        m_pending.clear();
+        for (;;) {
+            const auto end = out.find("\r\n\r\n");
+            if (end != std::string::npos) {
+                const std::size_t total = end + 4 + content_length(out.substr(0, end));
+                if (out.size() >= total) {
+                    m_pending = out.substr(total);
+                    out.resize(total);
+                    return out;
+                }
+            }
+            if (Clock::now() >= deadline || !read_some(out, deadline)) {
+                return out;
+            }
+        }
+    }
+
+private:
+    static std::size_t content_length(const std::string& headers) {
+        static const std::regex pattern("\r\ncontent-length: *([0-9]+)", std::regex::icase);
+        std::smatch match;
+        return std::regex_search(headers, match, pattern) ? std::stoul(match[1]) : 0;
+    }
+
+    // False on end of stream or error.
+    bool read_some(std::string& out, Clock::time_point deadline) {
+        pollfd fd{m_fd, POLLIN, 0};
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        if (poll(&fd, 1, static_cast<int>(std::max<std::int64_t>(left.count(), 0))) <= 0) {
+            return true;
+        }
+        char buffer[65536];
+        const ssize_t n = recv(m_fd, buffer, sizeof buffer, 0);
+        if (n <= 0) {
+            return false;
+        }
+        out.append(buffer, static_cast<std::size_t>(n));
+        return true;
+    }
+
+    int m_fd;
+    bool m_connected = false;
+    std::string m_pending;
+};
+
+int status_of(const std::string& response) {
+    return response.size() > 12 && response.rfind("HTTP/1.1 ", 0) == 0 ? std::stoi(response.substr(9, 3)) : 0;
+}
+
+std::string body_of(const std::string& response) {
+    const auto end = response.find("\r\n\r\n");
+    return end == std::string::npos ? "" : response.substr(end + 4);
+}
+
+bool has_header(const std::string& response, const std::string& line) {
+    return response.find("\r\n" + line + "\r\n") != std::string::npos;
+}
+
+class ServerTest : public ::testing::Test {
+protected:
+    void TearDown() override {
+        if (m_server) {
+            m_server->stop(0ms);
+        }
+        if (HasFailure()) {
+            for (const auto& line : log_lines()) {
+                std::cerr << "server log: " << line << "\n";
+            }
+        }
+    }
+
+    // Starts a server on a free port of 127.0.0.1 with its runs under bubblewrap.
+    void start(ServerSettings settings = {}, const std::string& bwrap_path = "") {
+        Config config;
+        config.jail = JailKind::bwrap;
+        config.bwrap_path = bwrap_path;
+        config.maxima = settings.policy.maxima;
+        std::string error;
+        auto sandbox = Sandbox::create(config, error);
+        ASSERT_NE(sandbox, nullptr) << "bubblewrap must work for the server tests: " << error;
+        settings.address = "127.0.0.1";
+        settings.port = 0;
+        settings.log = [this](std::string_view line) {
+            std::lock_guard lock(m_log_mutex);
+            m_log.emplace_back(line);
+        };
+        m_server = std::make_unique<Server>(std::move(settings), std::move(sandbox));
+        const auto problem = m_server->start();
+        ASSERT_EQ(problem, std::nullopt) << *problem;
+        ASSERT_GT(m_server->port(), 0);
+    }
+
+    int port() const { return m_server->port(); }
+
+    std::unique_ptr<httplib::Client> client() const {
+        auto c = std::make_unique<httplib::Client>("127.0.0.1", port());
+        c->set_connection_timeout(5s);
+        c->set_read_timeout(60s);
+        c->set_write_timeout(10s);
+        return c;
+    }
+
+    httplib::Result execute(const std::string& body, const std::string& content_type = "application/json") const {
+        return client()->Post("/execute", body, content_type);
+    }
+
+    void expect_hello_world() const {
+        const auto res = execute(k_hello_body);
+        ASSERT_TRUE(res) << httplib::to_string(res.error());
+        EXPECT_EQ(res->status, 200);
+        EXPECT_EQ(res->body, k_hello_envelope);
+    }
+
+    void expect_error(const std::string& body, int status, const std::string& envelope,
+                      const std::string& content_type = "application/json") const {
+        const auto res = execute(body, content_type);
+        ASSERT_TRUE(res) << httplib::to_string(res.error());
+        EXPECT_EQ(res->status, status) << body.substr(0, 200);
+        EXPECT_EQ(res->body, envelope) << body.substr(0, 200);
+        EXPECT_EQ(res->get_header_value("Content-Type"), "application/json");
+    }
+
+    // The message of a 400 answer, checking that the body is an invalid_request error.
+    std::string bad_request_message(const std::string& body) const {
+        const auto res = execute(body);
+        if (!res) {
+            ADD_FAILURE() << httplib::to_string(res.error());
+            return {};
+        }
+        EXPECT_EQ(res->status, 400) << body.substr(0, 200);
+        static const std::regex pattern(R"re(^\{"error": "(.*)", "status": "invalid_request"\}$)re");
+        std::smatch match;
+        if (!std::regex_match(res->body, match, pattern)) {
+            ADD_FAILURE() << "not an invalid_request body: " << res->body;
+            return {};
+        }
+        return match[1];
+    }
+
+    std::string metrics() const {
+        const auto res = client()->Get("/metrics");
+        return res && res->status == 200 ? res->body : "";
+    }
+
+    bool wait_for_metric(const std::string& line, std::chrono::milliseconds timeout = 10s) const {
+        const auto deadline = Clock::now() + timeout;
+        while (Clock::now() < deadline) {
+            if (metrics().find("\n" + line + "\n") != std::string::npos) {
+                return true;
+            }
+            std::this_thread::sleep_for(20ms);
+        }
+        return false;
+    }
+
+    std::vector<std::string> log_lines() {
+        std::lock_guard lock(m_log_mutex);
+        return m_log;
+    }
+
+    std::unique_ptr<Server> m_server;
+    std::mutex m_log_mutex;
+    std::vector<std::string> m_log;
+};
+
+TEST_F(ServerTest, ReadmeHelloWorld) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    const auto res = execute(k_hello_body);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+    EXPECT_EQ(res->body, k_hello_envelope);
+    EXPECT_EQ(res->get_header_value("Content-Type"), "application/json");
+}
+
+TEST_F(ServerTest, ReadmePrintAndNumbers) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    const auto res = execute(k_numbers_body);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+    EXPECT_EQ(res->body, k_numbers_envelope);
+}
+
+TEST_F(ServerTest, ReadmeNoMain) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    expect_error(k_no_main_body, 422, k_no_main_envelope);
+}
+
+TEST_F(ServerTest, DetailsAddStatusAndUsage) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    const auto res = client()->Post("/execute?details=1", k_hello_body, "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+    EXPECT_EQ(res->body.rfind(R"({"result": {"result": "Hello, World!"}, "stdout": "", "status": "ok", "usage": {"wall_ms":)", 0),
+              0u)
+        << res->body;
+    EXPECT_NE(res->body.find(R"("jail":"bwrap")"), std::string::npos) << res->body;
+}
+
+TEST_F(ServerTest, ScriptFailuresAre422WithTheirStatus) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    const auto check = [&](const std::string& body, const std::string& status) {
+        const auto res = execute(body);
+        ASSERT_TRUE(res);
+        EXPECT_EQ(res->status, 422) << res->body;
+        EXPECT_NE(res->body.find("\"status\": \"" + status + "\""), std::string::npos) << res->body;
+    };
+    check(execute_body("def main():\n    raise ValueError('boom')\n"), "script_error");
+    check(execute_body("def main():\n    return 42\n"), "invalid_result");
+    check(execute_body("def main(:\n"), "invalid_script");
+    check(execute_body("def main():\n    while True:\n        pass\n", R"({"wall_ms": 500})"), "timeout");
+}
+
+TEST_F(ServerTest, RequestErrorsAre400) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    EXPECT_EQ(bad_request_message(R"({"script": 42})"), R"(\"script\" must be a string)");
+    EXPECT_EQ(bad_request_message(R"({"script": null})"), R"(\"script\" must be a string)");
+    EXPECT_EQ(bad_request_message(R"({"code": "x"})"),
+              R"(Unknown field \"code\"; the request accepts \"script\" and \"limits\")");
+    EXPECT_EQ(bad_request_message(R"({"limits": {}})"), R"(Missing field \"script\")");
+    EXPECT_EQ(bad_request_message("{}"), R"(Missing field \"script\")");
+    EXPECT_EQ(bad_request_message(execute_body("def main(): return {}", R"({"wall_ms": 300001})")),
+              "Invalid limits: wall_ms must be between 1 and 300000, got 300001");
+    // Output caps are bounded by the service maxima, so one response stays small.
+    EXPECT_EQ(bad_request_message(execute_body("def main(): return {}", R"({"stdout_bytes": 104857600})")),
+              "Invalid limits: stdout_bytes must be between 1 and 16777216, got 104857600");
+    EXPECT_EQ(bad_request_message(execute_body("def main(): return {}", R"({"wall_ms": -5})")),
+              "limits.wall_ms must be a non-negative integer");
+    expect_hello_world();
+}
+
+TEST_F(ServerTest, WrongContentTypeIs415) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    const std::string envelope = error_json("Content-Type must be application/json");
+    expect_error(k_hello_body, 415, envelope, "text/plain");
+    expect_error(k_hello_body, 415, envelope, "application/x-www-form-urlencoded");
+    Raw raw(port());
+    ASSERT_TRUE(raw.send_all("POST /execute HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(k_hello_body.size()) +
+                             "\r\n\r\n" + k_hello_body));
+    const std::string response = raw.read_response();
+    EXPECT_EQ(status_of(response), 415) << response;
+    EXPECT_EQ(body_of(response), envelope);
+    // With a charset parameter it is still JSON.
+    const auto res = execute(k_hello_body, "application/json; charset=utf-8");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+}
+
+TEST_F(ServerTest, BodyOverTheLimitIs413WithoutReadingIt) {
+    ServerSettings settings;
+    settings.policy.max_body_bytes = 64 * 1024;
+    ASSERT_NO_FATAL_FAILURE(start(settings));
+    const std::string big = execute_body("# " + std::string(100'000, 'x') + "\ndef main(): return {}");
+    expect_error(big, 413, error_json("The request body is " + std::to_string(big.size()) + " bytes; the limit is 65536"));
+
+    // A client announcing 10 GB is answered at once, before it sends any of it.
+    Raw raw(port());
+    ASSERT_TRUE(raw.send_all("POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             "Content-Length: 10000000000\r\n\r\n{\"script\": \""));
+    const auto started = Clock::now();
+    const std::string response = raw.read_response(5s);
+    EXPECT_EQ(status_of(response), 413) << response;
+    EXPECT_TRUE(has_header(response, "Connection: close")) << response;
+    EXPECT_EQ(body_of(response), error_json("The request body is 10000000000 bytes; the limit is 65536"));
+    EXPECT_LT(Clock::now() - started, 2s);
+    expect_hello_world();
+}
+
+TEST_F(ServerTest, ChunkedAndLengthlessBodiesAre411) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    // httplib::Client sends a body of unknown length chunked.
+    auto c = client();
+    const auto res = c->Post(
+        "/execute",
+        [](size_t, httplib::DataSink& sink) {
+            sink.write(k_hello_body.data(), k_hello_body.size());
+            sink.done();
+            return true;
+        },
+        "application/json");
+    ASSERT_TRUE(res) << httplib::to_string(res.error());
+    EXPECT_EQ(res->status, 411);
+    EXPECT_EQ(res->body,
+              error_json("Transfer-Encoding (chunked) request bodies are not accepted; send Content-Length"));
+
+    // An endless chunked stream is refused from its headers alone.
+    Raw raw(port());
+    ASSERT_TRUE(raw.send_all("POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             "Transfer-Encoding: chunked\r\n\r\n100000\r\n" + std::string(50'000, ' ')));
+    const std::string chunked = raw.read_response(5s);
+    EXPECT_EQ(status_of(chunked), 411) << chunked;
+    EXPECT_TRUE(has_header(chunked, "Connection: close")) << chunked;
+
+    Raw lengthless(port());
+    ASSERT_TRUE(lengthless.send_all("POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n" +
+                                    k_hello_body));
+    const std::string response = lengthless.read_response(5s);
+    EXPECT_EQ(status_of(response), 411) << response;
+    EXPECT_EQ(body_of(response), error_json("Content-Length is required"));
+
+    Raw gzip(port());
+    ASSERT_TRUE(gzip.send_all("POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              "Content-Encoding: gzip\r\nContent-Length: 4\r\n\r\nabcd"));
+    const std::string compressed = gzip.read_response(5s);
+    EXPECT_EQ(status_of(compressed), 415) << compressed;
+    EXPECT_EQ(body_of(compressed), error_json("Content-Encoding is not accepted; send the body uncompressed"));
+    expect_hello_world();
+}
+
+TEST_F(ServerTest, UnknownPathsAndWrongMethodsAreJson) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    auto c = client();
+    auto res = c->Get("/nope");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 404);
+    EXPECT_EQ(res->body, error_json("No such endpoint: /nope (try POST /execute)"));
+    EXPECT_EQ(res->get_header_value("Content-Type"), "application/json");
+
+    res = c->Get("/execute");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 405);
+    EXPECT_EQ(res->get_header_value("Allow"), "POST");
+    EXPECT_EQ(res->body, error_json("Method GET is not allowed on /execute; use POST"));
+
+    res = c->Put("/execute", k_hello_body, "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 405);
+
+    res = c->Post("/healthz", "{}", "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 405);
+    EXPECT_EQ(res->get_header_value("Allow"), "GET, HEAD");
+    EXPECT_EQ(res->body, error_json("Method POST is not allowed on /healthz; use GET"));
+
+    Raw trace(port());
+    ASSERT_TRUE(trace.send_all("TRACE /execute HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const std::string response = trace.read_response();
+    EXPECT_EQ(status_of(response), 405) << response;
+    EXPECT_EQ(body_of(response), error_json("Method TRACE is not allowed on /execute; use POST"));
+
+    for (const char* request : {"BREW /execute HTTP/1.1\r\nHost: x\r\n\r\n", "this is not http\r\n\r\n"}) {
+        Raw garbage(port());
+        ASSERT_TRUE(garbage.send_all(request));
+        bool closed = false;
+        const std::string malformed = garbage.read_until_close(5s, &closed);
+        EXPECT_TRUE(closed);
+        EXPECT_EQ(status_of(malformed), 400) << malformed;
+        EXPECT_EQ(body_of(malformed), error_json("Malformed HTTP request"));
+    }
+}
+
+TEST_F(ServerTest, HostileBodiesGetClearErrors) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    EXPECT_EQ(bad_request_message(std::string(1'000'000, '[') + std::string(1'000'000, ']')),
+              "The request body must be a JSON object");
+    EXPECT_EQ(bad_request_message("{\"script\": " + std::string(900'000, '[')), R"(\"script\" must be a string)");
+    EXPECT_EQ(bad_request_message("{\"script\": " + std::string(900'000, '{')), R"(\"script\" must be a string)");
+    for (const std::string& body : {
+             std::string("{\"script\": \"def main(): return {}\xff\"}"),  // invalid UTF-8
+             std::string("{\"script\": \"\xed\xa0\x80\"}"),              // an encoded surrogate
+             std::string("{\"script\": \"def main(): return {}") + '\0' + "\"}",  // a raw NUL byte
+             std::string("\0\0\0\0", 4),
+             std::string("{\"script\": \"def main(): return {}\""),  // truncated
+             std::string("{\"script\": \"x\"} {\"script\": \"y\"}"),
+             std::string("{'script': 'x'}"),
+             std::string("{\"script\": \"x\",}"),
+             std::string("not json at all"),
+         }) {
+        const std::string message = bad_request_message(body);
+        EXPECT_EQ(message.rfind("The request body is not valid JSON", 0), 0u) << message;
+    }
+    EXPECT_EQ(bad_request_message(""), R"(The request body is empty; send a JSON object with a \"script\" string)");
+    EXPECT_EQ(bad_request_message(R"({"script": "a", "script": "b"})"), R"(Duplicate field \"script\")");
+    // Valid JSON, refused by the library before anything runs.
+    EXPECT_EQ(bad_request_message(R"({"script": "def main(): return {}\u0000"})"), "Script contains a NUL byte");
+    const std::string huge(1536 * 1024, '#');
+    EXPECT_EQ(bad_request_message(execute_body(huge)), "Script is 1572864 bytes; the limit is 1048576");
+    expect_hello_world();
+}
+
+TEST_F(ServerTest, OversizedHeadersAreRefused) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    Raw raw(port());
+    std::string request = "GET /healthz HTTP/1.1\r\nHost: x\r\n";
+    for (int i = 0; i < 40; ++i) {
+        request += "X-Filler-" + std::to_string(i) + ": " + std::string(4000, 'a') + "\r\n";
+    }
+    raw.send_all(request + "\r\n");
+    bool closed = false;
+    const std::string response = raw.read_until_close(5s, &closed);
+    EXPECT_TRUE(closed);
+    EXPECT_EQ(status_of(response), 400) << response.substr(0, 200);
+    EXPECT_EQ(body_of(response), error_json("Malformed HTTP request"));
+    expect_hello_world();
+}
+
+TEST_F(ServerTest, SlowClientsTimeOutWhileOthersAreServed) {
+    ServerSettings settings;
+    settings.read_timeout = 1000ms;
+    ASSERT_NO_FATAL_FAILURE(start(settings));
+
+    // Many idle connections hold nothing that others need.
+    std::vector<std::unique_ptr<Raw>> idle;
+    for (int i = 0; i < 40; ++i) {
+        idle.push_back(std::make_unique<Raw>(port()));
+        ASSERT_TRUE(idle.back()->connected());
+    }
+    // Headers one byte at a time: the deadline covers the whole request, not each byte.
+    auto drip = std::async(std::launch::async, [this] {
+        Raw raw(port());
+        raw.send_all("POST /execute HTTP/1.1\r\nHost: x\r\n");
+        const auto started = Clock::now();
+        while (Clock::now() - started < 5s && raw.send_all("X")) {
+            std::this_thread::sleep_for(100ms);
+        }
+        return Clock::now() - started;
+    });
+    // A body that never arrives in full.
+    auto slow_body = std::async(std::launch::async, [this] {
+        Raw raw(port());
+        raw.send_all("POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 1000\r\n\r\n{\"script\": ");
+        const auto started = Clock::now();
+        bool closed = false;
+        const std::string response = raw.read_until_close(5s, &closed);
+        return std::make_pair(Clock::now() - started, response);
+    });
+    for (int i = 0; i < 3; ++i) {
+        expect_hello_world();
+    }
+    EXPECT_LT(drip.get(), 3s);
+    const auto [elapsed, response] = slow_body.get();
+    EXPECT_LT(elapsed, 3s);
+    EXPECT_EQ(status_of(response), 400) << response;
+    expect_hello_world();
+}
+
+TEST_F(ServerTest, TooManyConnectionsGetAnImmediate503) {
+    ServerSettings settings;
+    settings.concurrency = 1;
+    settings.queue_length = 0;
+    settings.connection_threads = 2;  // and 2 more may wait for a thread
+    ASSERT_NO_FATAL_FAILURE(start(settings));
+    std::vector<std::unique_ptr<Raw>> held;
+    for (int i = 0; i < 4; ++i) {
+        held.push_back(std::make_unique<Raw>(port()));
+        std::this_thread::sleep_for(50ms);
+    }
+    Raw extra(port());
+    extra.send_all("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    const std::string response = extra.read_response(3s);
+    EXPECT_EQ(status_of(response), 503) << response;
+    EXPECT_TRUE(has_header(response, "Retry-After: 1")) << response;
+    EXPECT_EQ(body_of(response), error_json("The server has too many open connections; retry later", "unavailable"));
+    held.clear();  // closing them frees the threads at once
+    expect_hello_world();
+    EXPECT_NE(metrics().find("\nsafepy_connections_refused_total 1\n"), std::string::npos);
+}
+
+TEST_F(ServerTest, KeepAliveIsLimited) {
+    ServerSettings settings;
+    settings.keep_alive_max_requests = 3;
+    ASSERT_NO_FATAL_FAILURE(start(settings));
+    Raw raw(port());
+    for (int i = 1; i <= 3; ++i) {
+        ASSERT_TRUE(raw.send_all("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+        const std::string response = raw.read_response();
+        EXPECT_EQ(status_of(response), 200);
+        EXPECT_EQ(body_of(response), R"({"status": "ok"})");
+        EXPECT_EQ(has_header(response, "Connection: close"), i == 3) << response;
+    }
+    bool closed = false;
+    raw.read_until_close(3s, &closed);
+    EXPECT_TRUE(closed);
+}
+
+TEST_F(ServerTest, SixteenConcurrentRequestsAreAllAnsweredCorrectly) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    constexpr int k_requests = 16;
+    std::vector<std::future<std::pair<int, std::string>>> replies;
+    for (int i = 0; i < k_requests; ++i) {
+        replies.push_back(std::async(std::launch::async, [this, i] {
+            const auto res = execute(execute_body("def main():\n    print(" + std::to_string(i) + ")\n    return {\"n\": " +
+                                                  std::to_string(i) + "}\n"));
+            return res ? std::make_pair(res->status, res->body) : std::make_pair(0, httplib::to_string(res.error()));
+        }));
+    }
+    for (int i = 0; i < k_requests; ++i) {
+        const auto [status, body] = replies[static_cast<std::size_t>(i)].get();
+        EXPECT_EQ(status, 200) << body;
+        EXPECT_EQ(body, "{\"result\": {\"n\": " + std::to_string(i) + "}, \"stdout\": \"" + std::to_string(i) + "\\n\"}");
+    }
+    EXPECT_TRUE(wait_for_metric("safepy_executions_total{status=\"ok\"} 16"));
+}
+
+TEST_F(ServerTest, AFullQueueIs429) {
+    ServerSettings settings;
+    settings.concurrency = 1;
+    settings.queue_length = 1;
+    ASSERT_NO_FATAL_FAILURE(start(settings));
+    auto running = std::async(std::launch::async, [this] { return execute(execute_body(sleeper(2.0))); });
+    ASSERT_TRUE(wait_for_metric("safepy_executions_in_flight 1"));
+    auto queued = std::async(std::launch::async, [this] { return execute(k_hello_body); });
+    ASSERT_TRUE(wait_for_metric("safepy_executions_queued 1"));
+
+    const auto refused = execute(k_hello_body);
+    ASSERT_TRUE(refused);
+    EXPECT_EQ(refused->status, 429);
+    EXPECT_EQ(refused->get_header_value("Retry-After"), "1");
+    EXPECT_EQ(refused->body,
+              error_json("Every execution slot is busy and the queue is full; retry later", "unavailable"));
+
+    const auto first = running.get();
+    ASSERT_TRUE(first);
+    EXPECT_EQ(first->body, R"({"result": {"slept": true}, "stdout": ""})");
+    const auto second = queued.get();
+    ASSERT_TRUE(second);
+    EXPECT_EQ(second->body, k_hello_envelope);
+}
+
+TEST_F(ServerTest, AWaitTooLongIs503) {
+    ServerSettings settings;
+    settings.concurrency = 1;
+    settings.queue_timeout = 300ms;
+    ASSERT_NO_FATAL_FAILURE(start(settings));
+    auto running = std::async(std::launch::async, [this] { return execute(execute_body(sleeper(1.5))); });
+    ASSERT_TRUE(wait_for_metric("safepy_executions_in_flight 1"));
+    const auto started = Clock::now();
+    const auto res = execute(k_hello_body);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 503);
+    EXPECT_EQ(res->get_header_value("Retry-After"), "1");
+    EXPECT_EQ(res->body, error_json("No execution slot became free within 300 ms; retry later", "unavailable"));
+    EXPECT_GE(Clock::now() - started, 300ms);
+    EXPECT_LT(Clock::now() - started, 1200ms);
+    ASSERT_TRUE(running.get());
+}
+
+TEST_F(ServerTest, BombsStayInTheirSlot) {
+    ServerSettings settings;
+    settings.concurrency = 2;
+    ASSERT_NO_FATAL_FAILURE(start(settings));
+    struct Bomb {
+        const char* name;
+        std::string body;
+        std::set<std::string> statuses;
+    };
+    const std::vector<Bomb> bombs = {
+        {"fork bomb",
+         execute_body("import os\ndef main():\n    while True:\n        try:\n            os.fork()\n"
+                      "        except OSError:\n            pass\n",
+                      R"({"wall_ms": 3000, "processes": 32})"),
+         {"timeout", "script_error", "memory_limit"}},
+        {"memory bomb",
+         execute_body("def main():\n    blocks = []\n    while True:\n        blocks.append(bytearray(1 << 24))\n",
+                      R"({"wall_ms": 10000, "memory_bytes": 134217728})"),
+         {"memory_limit"}},
+        {"endless loop", execute_body("def main():\n    while True:\n        pass\n", R"({"wall_ms": 2000})"), {"timeout"}},
+        {"100 MB of output",
+         execute_body("import sys\ndef main():\n    chunk = 'x' * (1 << 20)\n    for _ in range(100):\n"
+                      "        sys.stdout.write(chunk)\n    return {}\n",
+                      R"({"wall_ms": 10000})"),
+         {"output_limit"}},
+    };
+    const std::uint64_t resident_before = resident_bytes();
+    for (const auto& bomb : bombs) {
+        SCOPED_TRACE(bomb.name);
+        const auto started = Clock::now();
+        auto exploding = std::async(std::launch::async, [this, &bomb] { return execute(bomb.body); });
+        int served = 0;
+        while (exploding.wait_for(0ms) != std::future_status::ready || served < 3) {
+            expect_hello_world();
+            ++served;
+        }
+        const auto res = exploding.get();
+        ASSERT_TRUE(res);
+        EXPECT_EQ(res->status, 422) << res->body.substr(0, 300);
+        static const std::regex status_pattern(R"re("status": "([a-z_]+)")re");
+        std::smatch match;
+        ASSERT_TRUE(std::regex_search(res->body, match, status_pattern)) << res->body.substr(0, 300);
+        EXPECT_TRUE(bomb.statuses.count(match[1])) << match[1];
+        EXPECT_LT(Clock::now() - started, 15s);
+    }
+    EXPECT_LT(resident_bytes(), resident_before + (64u << 20));
+    EXPECT_TRUE(children_of_this_process().empty());
+}
+
+TEST_F(ServerTest, HealthAndReadiness) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    auto c = client();
+    auto res = c->Get("/healthz");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+    EXPECT_EQ(res->body, R"({"status": "ok"})");
+    res = c->Get("/readyz");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+    EXPECT_EQ(res->body.rfind(R"({"status": "ready", "jail": "bwrap", "probe_ms": )", 0), 0u) << res->body;
+    const std::string first = res->body;
+    res = c->Get("/readyz");  // cached: the same probe
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->body, first);
+}
+
+TEST_F(ServerTest, ASandboxFailureIs500AndNotReady) {
+    ASSERT_NO_FATAL_FAILURE(start({}, "/bin/false"));
+    const auto res = execute(k_hello_body);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 500);
+    EXPECT_NE(res->body.find(R"("status": "sandbox_error")"), std::string::npos) << res->body;
+    const auto ready = client()->Get("/readyz");
+    ASSERT_TRUE(ready);
+    EXPECT_EQ(ready->status, 503);
+    EXPECT_NE(ready->body.find(R"("status": "sandbox_error")"), std::string::npos) << ready->body;
+    const auto health = client()->Get("/healthz");
+    ASSERT_TRUE(health);
+    EXPECT_EQ(health->status, 200);
+}
+
+TEST_F(ServerTest, MetricsCountWhatHappened) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    expect_hello_world();
+    expect_hello_world();
+    expect_error(k_no_main_body, 422, k_no_main_envelope);
+    bad_request_message("{");
+    ASSERT_TRUE(client()->Get("/nope"));
+    const std::string text = metrics();
+    for (const char* line : {
+             "safepy_http_requests_total{code=\"200\"} 2",
+             "safepy_http_requests_total{code=\"400\"} 1",
+             "safepy_http_requests_total{code=\"404\"} 1",
+             "safepy_http_requests_total{code=\"422\"} 1",
+             "safepy_executions_total{status=\"ok\"} 2",
+             "safepy_executions_total{status=\"invalid_script\"} 1",
+             "safepy_executions_total{status=\"timeout\"} 0",
+             "safepy_execute_duration_seconds_count 4",
+             "safepy_execute_duration_seconds_bucket{le=\"+Inf\"} 4",
+             "safepy_queue_wait_seconds_count 4",
+             "safepy_executions_in_flight 0",
+             "safepy_executions_queued 0",
+             "safepy_execution_slots 2",
+             "safepy_queue_capacity 32",
+         }) {
+        EXPECT_NE(text.find(std::string("\n") + line + "\n"), std::string::npos) << line << "\n" << text;
+    }
+    EXPECT_EQ(text.find("safepy_http_requests_total{code=\"500\"}"), std::string::npos);
+}
+
+TEST_F(ServerTest, OneLogLinePerRequestWithoutScriptOrOutput) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    const auto res = execute(execute_body("SECRET_SCRIPT = 1\ndef main():\n    print('SECRET_OUTPUT')\n    return {}\n"));
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+    ASSERT_TRUE(client()->Get("/healthz"));
+    const auto lines = log_lines();
+    ASSERT_EQ(lines.size(), 2u);
+    static const std::regex execute_line(
+        R"(^\{"time":"[0-9T:.\-]+Z","method":"POST","path":"/execute","status":200,"outcome":"ok","duration_ms":[0-9]+,)"
+        R"("queue_ms":[0-9]+,"run_ms":[0-9]+,"cpu_ms":[0-9]+,"peak_memory_bytes":[0-9]+,"bytes_in":[0-9]+,"bytes_out":[0-9]+,)"
+        R"("remote":"127.0.0.1"\}$)");
+    EXPECT_TRUE(std::regex_match(lines[0], execute_line)) << lines[0];
+    EXPECT_NE(lines[1].find(R"("method":"GET","path":"/healthz","status":200)"), std::string::npos) << lines[1];
+    for (const auto& line : lines) {
+        EXPECT_EQ(line.find("SECRET"), std::string::npos) << line;
+    }
+}
+
+TEST_F(ServerTest, GracefulStopLetsARunInFlightFinish) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    auto in_flight = std::async(std::launch::async, [this] { return execute(execute_body(sleeper(1.5))); });
+    ASSERT_TRUE(wait_for_metric("safepy_executions_in_flight 1"));
+    const int bound = port();
+    const auto started = Clock::now();
+    auto stopping = std::async(std::launch::async, [this] { m_server->stop(10s); });
+    std::this_thread::sleep_for(200ms);
+    Raw late(bound);
+    EXPECT_FALSE(late.connected()) << "the listening socket must close at once";
+    const auto res = in_flight.get();
+    ASSERT_TRUE(res) << httplib::to_string(res.error());
+    EXPECT_EQ(res->status, 200);
+    EXPECT_EQ(res->body, R"({"result": {"slept": true}, "stdout": ""})");
+    stopping.get();
+    EXPECT_LT(Clock::now() - started, 4s);
+    EXPECT_EQ(m_server->killed_runs(), 0u);
+    EXPECT_TRUE(children_of_this_process().empty());
+}
+
+TEST_F(ServerTest, GracefulStopKillsRunsThatOutlastTheGrace) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    auto in_flight =
+        std::async(std::launch::async, [this] { return execute(execute_body(sleeper(60), R"({"wall_ms": 120000})")); });
+    ASSERT_TRUE(wait_for_metric("safepy_executions_in_flight 1"));
+    ASSERT_FALSE(children_of_this_process().empty());
+    const auto started = Clock::now();
+    m_server->stop(500ms);
+    EXPECT_LT(Clock::now() - started, 5s);
+    const auto res = in_flight.get();
+    ASSERT_TRUE(res) << httplib::to_string(res.error());
+    EXPECT_EQ(res->status, 503);
+    EXPECT_EQ(res->body, error_json("The server shut down before the run finished; retry on another instance",
+                                    "unavailable"));
+    EXPECT_EQ(m_server->killed_runs(), 1u);
+    EXPECT_TRUE(children_of_this_process().empty());
+}
+
+// safepy-server started as the README says, its stderr collected.
+class ServerProcess {
+public:
+    ServerProcess() {
+        int err[2];
+        if (pipe2(err, O_CLOEXEC) != 0) {
+            return;
+        }
+        m_pid = fork();
+        if (m_pid == 0) {
+            dup2(err[1], 2);
+            execl(SAFEPY_SERVER_PATH, SAFEPY_SERVER_PATH, "--address", "127.0.0.1", "--port", "0", "--jail", "bwrap",
+                  static_cast<char*>(nullptr));
+            _exit(127);
+        }
+        close(err[1]);
+        m_reader = std::thread([this, fd = err[0]] {
+            char chunk[4096];
+            ssize_t n;
+            while ((n = read(fd, chunk, sizeof chunk)) > 0) {
+                std::lock_guard lock(m_mutex);
+                m_log.append(chunk, static_cast<std::size_t>(n));
+            }
+            close(fd);
+        });
+    }
+
+    ~ServerProcess() {
+        if (m_pid > 0 && !m_status) {
+            kill(m_pid, SIGKILL);
+            wait();
+        }
+        if (m_reader.joinable()) {
+            m_reader.join();
+        }
+    }
+
+    // The port from the "listening" log line; 0 if it does not come within `timeout`.
+    int port(std::chrono::milliseconds timeout) {
+        static const std::regex listening(R"re("event":"listening".*"port":([0-9]+))re");
+        const auto deadline = Clock::now() + timeout;
+        while (Clock::now() < deadline) {
+            const std::string text = log();
+            std::smatch match;
+            if (std::regex_search(text, match, listening)) {
+                return std::stoi(match[1]);
+            }
+            std::this_thread::sleep_for(20ms);
+        }
+        return 0;
+    }
+
+    pid_t pid() const { return m_pid; }
+
+    // The wait status once the process has ended.
+    int wait() {
+        int status = 0;
+        if (!m_status && waitpid(m_pid, &status, 0) == m_pid) {
+            m_status = status;
+        }
+        if (m_reader.joinable()) {
+            m_reader.join();
+        }
+        return m_status.value_or(-1);
+    }
+
+    std::string log() {
+        std::lock_guard lock(m_mutex);
+        return m_log;
+    }
+
+private:
+    pid_t m_pid = -1;
+    std::optional<int> m_status;
+    std::thread m_reader;
+    std::mutex m_mutex;
+    std::string m_log;
+};
+
+TEST(ServerBinary, SigtermFinishesTheRunInFlightAndExitsZero) {
+    ServerProcess server;
+    ASSERT_GT(server.pid(), 0);
+    const int port = server.port(30s);
+    ASSERT_GT(port, 0) << server.log();
+
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(30s);
+    const auto readme = c.Post("/execute", k_hello_body, "application/json");
+    ASSERT_TRUE(readme);
+    EXPECT_EQ(readme->body, k_hello_envelope);
+    auto in_flight = std::async(std::launch::async, [port] {
+        httplib::Client slow("127.0.0.1", port);
+        slow.set_read_timeout(30s);
+        return slow.Post("/execute", execute_body(sleeper(1.0)), "application/json");
+    });
+    std::this_thread::sleep_for(400ms);
+    ASSERT_EQ(kill(server.pid(), SIGTERM), 0);
+    const auto res = in_flight.get();
+    ASSERT_TRUE(res) << httplib::to_string(res.error());
+    EXPECT_EQ(res->status, 200);
+    EXPECT_EQ(res->body, R"({"result": {"slept": true}, "stdout": ""})");
+    const int status = server.wait();
+    const std::string log = server.log();
+    EXPECT_TRUE(WIFEXITED(status)) << log;
+    EXPECT_EQ(WEXITSTATUS(status), 0) << log;
+    EXPECT_NE(log.find(R"("event":"stopping","signal":"SIGTERM")"), std::string::npos) << log;
+    EXPECT_NE(log.find(R"("event":"stopped","killed_runs":0)"), std::string::npos) << log;
+}
+
+}  // namespace
+}  // namespace safepy::server
