@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -22,6 +23,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <poll.h>
 #include <spawn.h>
 #include <string>
@@ -43,6 +45,8 @@ constexpr int k_exit_usage = 2;
 constexpr std::size_t k_max_json_depth = 256;
 constexpr std::size_t k_max_baseline_output_bytes = 64u << 20;
 constexpr auto k_rss_sample_interval = std::chrono::milliseconds(10);
+// Walking /proc for the process tree costs about a millisecond: sample it less often.
+constexpr int k_tree_sample_every = 10;
 
 // Imports the script as a module (so that an `if __name__ == "__main__"` block
 // does not run), calls main() and prints the result as the last line.
@@ -287,12 +291,15 @@ struct RssSample {
     std::uint64_t start_vmrss_bytes = 0;
     std::uint64_t peak_vmrss_bytes = 0;
     std::uint64_t vmhwm_bytes = 0;
+    std::uint64_t peak_tree_pss_bytes = 0;  // the process and all its descendants (jails, scripts)
+    std::size_t peak_tree_processes = 0;
     bool lost = false;  // the process went away during the run
 };
 
-// A field of /proc/PID/status in bytes ("VmRSS:  1234 kB"); empty when unreadable.
-std::optional<std::uint64_t> read_status_kb(int pid, const std::string& field) {
-    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+// A field of /proc/PID/status or /proc/PID/smaps_rollup in bytes ("VmRSS:  1234 kB");
+// empty when unreadable.
+std::optional<std::uint64_t> read_proc_kb(int pid, const char* file, const std::string& field) {
+    std::ifstream status("/proc/" + std::to_string(pid) + "/" + file);
     std::string line;
     while (std::getline(status, line)) {
         if (line.rfind(field + ":", 0) == 0) {
@@ -302,7 +309,45 @@ std::optional<std::uint64_t> read_status_kb(int pid, const std::string& field) {
     return std::nullopt;
 }
 
-// Samples a process's VmRSS until stopped; VmHWM is read at the end.
+std::optional<std::uint64_t> read_status_kb(int pid, const std::string& field) {
+    return read_proc_kb(pid, "status", field);
+}
+
+// `root` and every descendant, from the parent ids in /proc/*/stat.
+std::vector<int> process_tree(int root) {
+    std::multimap<int, int> children;
+    std::error_code error;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc", error)) {
+        const std::string name = entry.path().filename();
+        if (name.empty() || !std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+            continue;
+        }
+        std::ifstream stat(entry.path() / "stat");
+        std::string text;
+        std::getline(stat, text);
+        // The command name may hold spaces and parentheses: fields resume after the last ')'.
+        const auto close = text.rfind(')');
+        if (close == std::string::npos) {
+            continue;
+        }
+        std::istringstream fields(text.substr(close + 1));
+        char state = 0;
+        int parent = 0;
+        if (fields >> state >> parent) {
+            children.emplace(parent, std::stoi(name));
+        }
+    }
+    std::vector<int> tree = {root};
+    for (std::size_t i = 0; i < tree.size(); ++i) {
+        const auto [begin, end] = children.equal_range(tree[i]);
+        for (auto it = begin; it != end; ++it) {
+            tree.push_back(it->second);
+        }
+    }
+    return tree;
+}
+
+// Samples a process's VmRSS, and its tree's PSS, until stopped; VmHWM is read at the end.
 class RssSampler {
 public:
     explicit RssSampler(int pid) : m_pid(pid) {
@@ -329,13 +374,27 @@ public:
 private:
     void loop() {
         std::unique_lock lock(m_mutex);
-        while (!m_wake.wait_for(lock, k_rss_sample_interval, [this] { return m_stopped; })) {
+        for (int tick = 0; !m_wake.wait_for(lock, k_rss_sample_interval, [this] { return m_stopped; }); ++tick) {
             if (auto rss = read_status_kb(m_pid, "VmRSS")) {
                 m_sample.peak_vmrss_bytes = std::max(m_sample.peak_vmrss_bytes, *rss);
             } else {
                 m_sample.lost = true;
             }
+            if (tick % k_tree_sample_every == 0) {
+                sample_tree();
+            }
         }
+    }
+
+    // PSS rather than RSS, so that pages shared between the processes count once.
+    void sample_tree() {
+        const std::vector<int> tree = process_tree(m_pid);
+        std::uint64_t pss = 0;
+        for (const int pid : tree) {
+            pss += read_proc_kb(pid, "smaps_rollup", "Pss").value_or(0);
+        }
+        m_sample.peak_tree_pss_bytes = std::max(m_sample.peak_tree_pss_bytes, pss);
+        m_sample.peak_tree_processes = std::max(m_sample.peak_tree_processes, tree.size());
     }
 
     int m_pid;
@@ -478,6 +537,8 @@ void print_report(const Options& options, const std::string& target, const Repor
         std::printf("  server RSS  start %.1f MiB, peak VmRSS %.1f MiB, VmHWM %.1f MiB%s\n",
                     mib(report.rss->start_vmrss_bytes), mib(report.rss->peak_vmrss_bytes),
                     mib(report.rss->vmhwm_bytes), report.rss->lost ? " (process went away during the run)" : "");
+        std::printf("  server tree peak PSS %.1f MiB, at most %zu processes (server, jails, scripts)\n",
+                    mib(report.rss->peak_tree_pss_bytes), report.rss->peak_tree_processes);
     }
     for (const auto& [kind, count] : report.error_kinds) {
         std::printf("  error       %s: %lld\n", kind.c_str(), static_cast<long long>(count));
@@ -516,6 +577,8 @@ json::object report_json(const Options& options, const std::string& target, cons
         out["server_rss_bytes"] = {{"start_vmrss", report.rss->start_vmrss_bytes},
                                    {"peak_vmrss", report.rss->peak_vmrss_bytes},
                                    {"vmhwm", report.rss->vmhwm_bytes},
+                                   {"peak_tree_pss", report.rss->peak_tree_pss_bytes},
+                                   {"peak_tree_processes", report.rss->peak_tree_processes},
                                    {"lost", report.rss->lost}};
     } else {
         out["server_rss_bytes"] = nullptr;
@@ -560,7 +623,7 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--expect", options.expect, "the JSON value every result must equal");
     app.add_option("--json", options.json_path, "also write the report as JSON to this file");
-    app.add_option("--server-pid", options.server_pid, "sample this process's RSS from /proc during the run")
+    app.add_option("--server-pid", options.server_pid, "sample this process's RSS, and its process tree's PSS, from /proc during the run")
         ->check(CLI::PositiveNumber);
     app.add_option("--timeout", options.timeout_s, "seconds before one request counts as failed")
         ->check(CLI::PositiveNumber)
