@@ -25,6 +25,7 @@ struct Slot {
     pid_t pid = -1;
     Fd pidfd;
     std::unique_ptr<RunCgroup> cgroup;
+    Limits cgroup_limits;  // what the cgroup is set to now
 };
 
 bool send_with_fds(int socket, const std::string& message, const std::vector<int>& fds) {
@@ -145,6 +146,7 @@ struct WarmPool::Impl {
     mutable std::mutex mutex;
     mutable std::condition_variable changed;
     std::deque<std::unique_ptr<Slot>> ready;
+    std::deque<std::unique_ptr<Slot>> retired;  // finished runs, removed off the request path
     bool stopping = false;
     bool template_up = false;
     std::string last_error = "the warm template is starting";
@@ -279,12 +281,15 @@ struct WarmPool::Impl {
             changed.wait_for(lock, time, [this] { return stopping; });
         };
         for (;;) {
+            std::deque<std::unique_ptr<Slot>> finished;
             {
                 std::lock_guard lock(mutex);
                 if (stopping) {
                     return;
                 }
+                finished.swap(retired);
             }
+            finished.clear();  // removes their cgroups (their processes are already gone)
             if (!template_alive()) {
                 stop_template();
                 std::string error;
@@ -302,8 +307,9 @@ struct WarmPool::Impl {
             }
             if (have >= settings.pool_size) {
                 std::unique_lock lock(mutex);
-                changed.wait_for(lock, std::chrono::milliseconds(500),
-                                 [this] { return stopping || ready.size() < settings.pool_size; });
+                changed.wait_for(lock, std::chrono::milliseconds(500), [this] {
+                    return stopping || ready.size() < settings.pool_size || !retired.empty();
+                });
                 continue;
             }
             std::string error;
@@ -369,6 +375,7 @@ WarmPool::~WarmPool() {
         m_impl->changed.notify_all();
     }
     m_impl->manager.join();
+    m_impl->retired.clear();
     m_impl->stop_template();
 }
 
@@ -398,9 +405,12 @@ WarmRun WarmPool::run(const Request& request) {
             run.spawned.spawn_error = "warm mode: " + error;
             return run;
         }
-        if (slot->cgroup && !slot->cgroup->set_limits(request.limits, error)) {
-            run.spawned.spawn_error = error;
-            return run;
+        if (slot->cgroup && !(slot->cgroup_limits == request.limits)) {
+            if (!slot->cgroup->set_limits(request.limits, error)) {
+                run.spawned.spawn_error = error;
+                return run;
+            }
+            slot->cgroup_limits = request.limits;
         }
         int out[2], err[2], result[2];
         if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0 || pipe2(result, O_CLOEXEC) != 0) {
@@ -469,7 +479,12 @@ WarmRun WarmPool::run(const Request& request) {
     if (cgroup) {
         run.usage = cgroup->usage();
     }
-    return run;  // the slot's cgroup goes with it: nothing of the run survives
+    // drain_job killed whatever was left in the cgroup; removing the empty
+    // directories is the manager's job.
+    std::lock_guard lock(m_impl->mutex);
+    m_impl->retired.push_back(std::move(slot));
+    m_impl->changed.notify_all();
+    return run;
 }
 
 }  // namespace safepy

@@ -106,7 +106,7 @@ struct Config {
     // forks a prepared child per run, each with its own namespaces, /tmp,
     // limits and seccomp filter. Cold mode starts a fresh jail per run.
     bool warm = false;
-    std::size_t warm_pool_size = 2;  // children kept prepared ahead of demand
+    std::size_t warm_pool_size = 4;  // children kept prepared ahead of demand
     std::vector<std::string> warm_preload = {"numpy", "pandas"};
 };
 
