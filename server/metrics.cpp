@@ -95,7 +95,7 @@ std::string Metrics::render(const Gauges& gauges) const {
         out += "safepy_connections_refused_total " + std::to_string(m_refused_connections) + "\n";
     }
     header(out, "safepy_execute_duration_seconds", "histogram",
-           "POST /execute latency, first request byte to response written, queueing included.");
+           "POST /execute latency, first request byte to response ready, queueing included.");
     m_latency.render(out, "safepy_execute_duration_seconds");
     header(out, "safepy_queue_wait_seconds", "histogram", "Time POST /execute requests spent waiting for a slot.");
     m_queue_wait.render(out, "safepy_queue_wait_seconds");

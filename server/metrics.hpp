@@ -52,7 +52,7 @@ public:
     // Counts one finished run by its outcome status.
     void count_execution(Status status);
 
-    // Records one POST /execute: first request byte to response written, and its time in line.
+    // Records one POST /execute: first request byte to response ready, and its time in line.
     void observe_execute(std::chrono::duration<double> latency, std::chrono::duration<double> queue_wait);
 
     // Counts a connection refused with a canned 503 because every connection thread was taken.

@@ -584,6 +584,8 @@ void Server::Impl::refuse_connection(int sock, Refusal why) {
     const std::string response = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                                  "Content-Length: " + std::to_string(body.size()) +
                                  "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" + body;
+    metrics.count_refused_connection();
+    metrics.count_response(503);
     // Never block: this may run on the accepting thread.
     [[maybe_unused]] const auto sent = send(sock, response.data(), response.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     std::array<char, 16384> discard;
@@ -591,8 +593,6 @@ void Server::Impl::refuse_connection(int sock, Refusal why) {
     }
     shutdown(sock, SHUT_RDWR);
     close(sock);
-    metrics.count_refused_connection();
-    metrics.count_response(503);
     AccessLogEntry entry;
     entry.time = std::chrono::system_clock::now();
     entry.http_status = 503;
@@ -742,8 +742,14 @@ void Server::Impl::handle_ready(httplib::Response& res) {
     }
 }
 
+// Runs just before the response is written: what a client has been answered
+// is already counted when it reads /metrics next.
 void Server::Impl::finish(const httplib::Request&, httplib::Response& res) {
     Exchange& exchange = *t_exchange;
+    metrics.count_response(res.status);
+    if (exchange.execute) {
+        metrics.observe_execute(since(exchange.started), exchange.queue_wait);
+    }
     if (!exchange.answered || draining) {
         exchange.close_after = true;
     }
@@ -758,10 +764,6 @@ void Server::Impl::finish(const httplib::Request&, httplib::Response& res) {
 void Server::Impl::log(const httplib::Request& req, const httplib::Response& res) {
     const Exchange& exchange = *t_exchange;
     const auto duration = since(exchange.started);
-    metrics.count_response(res.status);
-    if (exchange.execute) {
-        metrics.observe_execute(duration, exchange.queue_wait);
-    }
     AccessLogEntry entry;
     entry.time = std::chrono::system_clock::now();
     entry.method = req.method;

@@ -600,7 +600,15 @@ TEST_F(ServerTest, TooManyConnectionsGetAnImmediate503) {
     EXPECT_EQ(status_of(response), 503) << response;
     EXPECT_TRUE(has_header(response, "Retry-After: 1")) << response;
     EXPECT_EQ(body_of(response), error_json("The server has too many open connections; retry later", "unavailable"));
-    held.clear();  // closing them frees the threads at once
+    held.clear();  // the server sees them close and frees the threads
+    const auto deadline = Clock::now() + 5s;
+    bool serving = false;
+    while (!serving && Clock::now() < deadline) {
+        const auto health = client()->Get("/healthz");
+        serving = health && health->status == 200;
+        std::this_thread::sleep_for(20ms);
+    }
+    ASSERT_TRUE(serving);
     expect_hello_world();
     static const std::regex refused_count(R"(\nsafepy_connections_refused_total ([0-9]+)\n)");
     const std::string text = metrics();
@@ -804,6 +812,12 @@ TEST_F(ServerTest, OneLogLinePerRequestWithoutScriptOrOutput) {
     ASSERT_TRUE(res);
     EXPECT_EQ(res->status, 200);
     ASSERT_TRUE(client()->Get("/healthz"));
+    // A line is written once its response has gone out, so it may trail the client a little.
+    const auto deadline = Clock::now() + 2s;
+    while (log_lines().size() < 2 && Clock::now() < deadline) {
+        std::this_thread::sleep_for(5ms);
+    }
+    std::this_thread::sleep_for(50ms);
     const auto lines = log_lines();
     ASSERT_EQ(lines.size(), 2u);
     static const std::regex execute_line(
