@@ -1,27 +1,22 @@
 #include "server.hpp"
 
 #include "admission.hpp"
+#include "connection.hpp"
 #include "metrics.hpp"
 
 #include <httplib.h>
 
-#include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <array>
 #include <atomic>
-#include <condition_variable>
 #include <cstdio>
 #include <cstring>
-#include <deque>
 #include <fstream>
 #include <mutex>
 #include <sstream>
@@ -34,284 +29,12 @@ using Clock = std::chrono::steady_clock;
 
 constexpr std::size_t k_header_bytes = 64 * 1024;  // request line and headers together
 constexpr int k_listen_backlog = 128;
-constexpr auto k_linger = std::chrono::milliseconds(1000);
-constexpr std::size_t k_linger_bytes = 4u << 20;
 constexpr auto k_after_kill = std::chrono::milliseconds(3000);
 constexpr const char* k_json = "application/json";
-
-// Why a connection is answered with a canned 503 instead of being served.
-enum class Refusal { none, busy, stopping };
-thread_local Refusal t_refusal = Refusal::none;
 
 std::chrono::milliseconds since(Clock::time_point start) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
 }
-
-// Level-triggered wake-up for every thread that polls it: written once, never read.
-class Signal {
-public:
-    Signal() : m_fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
-    ~Signal() {
-        if (m_fd >= 0) {
-            close(m_fd);
-        }
-    }
-    Signal(const Signal&) = delete;
-    Signal& operator=(const Signal&) = delete;
-    void raise() const {
-        const std::uint64_t one = 1;
-        [[maybe_unused]] const auto written = write(m_fd, &one, sizeof one);
-    }
-    int fd() const { return m_fd; }
-
-private:
-    int m_fd;
-};
-
-// The socket of one connection, kept across its keep-alive requests. Every
-// wait has a deadline for the whole request or response rather than per
-// recv(), so a client sending one byte at a time cannot hold a thread, and
-// a byte budget caps the headers and the body before httplib buffers them.
-class ConnectionStream final : public httplib::Stream {
-public:
-    ConnectionStream(int sock, const Signal& drain, const Signal& abort, std::chrono::milliseconds write_timeout)
-        : m_sock(sock), m_drain(drain), m_abort(abort), m_write_timeout(write_timeout) {}
-
-    using httplib::Stream::write;
-
-    bool is_readable() const override { return m_begin < m_end || poll_socket(POLLIN, 0); }
-    bool is_writable() const override { return poll_socket(POLLOUT, 0); }
-
-    ssize_t read(char* ptr, size_t size) override {
-        if (m_budget == 0) {
-            return -1;
-        }
-        size = std::min(size, m_budget);
-        if (m_begin == m_end) {
-            if (!wait(POLLIN, m_read_deadline, false)) {
-                return -1;
-            }
-            if (size >= m_buffer.size()) {
-                const ssize_t n = receive(ptr, size);
-                m_budget -= n > 0 ? static_cast<std::size_t>(n) : 0;
-                return n;
-            }
-            const ssize_t n = receive(m_buffer.data(), m_buffer.size());
-            if (n <= 0) {
-                return n;
-            }
-            m_begin = 0;
-            m_end = static_cast<std::size_t>(n);
-        }
-        const std::size_t n = std::min(size, m_end - m_begin);
-        std::memcpy(ptr, m_buffer.data() + m_begin, n);
-        m_begin += n;
-        m_budget -= n;
-        return static_cast<ssize_t>(n);
-    }
-
-    ssize_t write(const char* ptr, size_t size) override {
-        if (!m_write_deadline) {
-            m_write_deadline = Clock::now() + m_write_timeout;
-        }
-        for (;;) {
-            if (!wait(POLLOUT, *m_write_deadline, false)) {
-                return -1;
-            }
-            const ssize_t n = send(m_sock, ptr, size, MSG_NOSIGNAL | MSG_DONTWAIT);
-            if (n >= 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) {
-                return n;
-            }
-        }
-    }
-
-    void get_remote_ip_and_port(std::string& ip, int& port) const override { address_of(getpeername, ip, port); }
-    void get_local_ip_and_port(std::string& ip, int& port) const override { address_of(getsockname, ip, port); }
-    socket_t socket() const override { return m_sock; }
-
-    // Waits for the first byte of the next request; false on end of stream,
-    // after `idle` or when the server drains.
-    bool wait_for_request(std::chrono::milliseconds idle) {
-        return m_begin < m_end || wait(POLLIN, Clock::now() + idle, true);
-    }
-
-    // A new request: its headers must arrive within `read_timeout` and `k_header_bytes`.
-    void begin_request(std::chrono::milliseconds read_timeout) {
-        m_read_deadline = Clock::now() + read_timeout;
-        m_budget = k_header_bytes;
-        m_write_deadline.reset();
-    }
-
-    // After the headers: the body may be exactly `bytes` long.
-    void allow_body(std::size_t bytes) {
-        m_budget = bytes;
-        m_write_deadline.reset();  // a "100 Continue" may have started it
-    }
-
-    // Closes the socket; with `linger`, first reads and discards what the
-    // client still sends for a moment, so that closing with unread data does
-    // not reset the connection before the client has read our response.
-    void close_socket(bool linger) {
-        if (linger) {
-            shutdown(m_sock, SHUT_WR);
-            const auto deadline = Clock::now() + k_linger;
-            std::array<char, 16384> discard;
-            std::size_t discarded = 0;
-            while (discarded < k_linger_bytes && wait(POLLIN, deadline, false)) {
-                const ssize_t n = receive(discard.data(), discard.size());
-                if (n <= 0) {
-                    break;
-                }
-                discarded += static_cast<std::size_t>(n);
-            }
-        }
-        shutdown(m_sock, SHUT_RDWR);
-        close(m_sock);
-    }
-
-private:
-    bool poll_socket(short events, int timeout_ms) const {
-        pollfd fd{m_sock, events, 0};
-        return ::poll(&fd, 1, timeout_ms) > 0;
-    }
-
-    // Waits for `events` on the socket until `deadline`; false on timeout, on
-    // abort, and with `until_drain` when the server starts draining.
-    bool wait(short events, Clock::time_point deadline, bool until_drain) const {
-        for (;;) {
-            const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
-            if (left.count() <= 0) {
-                return false;
-            }
-            std::array<pollfd, 3> fds{{{m_sock, events, 0}, {m_abort.fd(), POLLIN, 0}, {m_drain.fd(), POLLIN, 0}}};
-            const int ready = ::poll(fds.data(), until_drain ? 3 : 2,
-                                     static_cast<int>(std::min<std::int64_t>(left.count(), 60'000)));
-            if (ready < 0 && errno != EINTR) {
-                return false;
-            }
-            if (ready <= 0) {
-                continue;
-            }
-            if (fds[1].revents || (until_drain && fds[2].revents)) {
-                return false;
-            }
-            if (fds[0].revents) {
-                return true;
-            }
-        }
-    }
-
-    ssize_t receive(char* ptr, std::size_t size) {
-        ssize_t n;
-        do {
-            n = recv(m_sock, ptr, size, MSG_DONTWAIT);
-        } while (n < 0 && errno == EINTR);
-        return n;
-    }
-
-    void address_of(int (*query)(int, sockaddr*, socklen_t*), std::string& ip, int& port) const {
-        sockaddr_storage address{};
-        socklen_t length = sizeof address;
-        ip.clear();
-        port = 0;
-        if (query(m_sock, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
-            return;
-        }
-        char text[INET6_ADDRSTRLEN] = {};
-        if (address.ss_family == AF_INET) {
-            const auto* v4 = reinterpret_cast<const sockaddr_in*>(&address);
-            inet_ntop(AF_INET, &v4->sin_addr, text, sizeof text);
-            port = ntohs(v4->sin_port);
-        } else if (address.ss_family == AF_INET6) {
-            const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&address);
-            inet_ntop(AF_INET6, &v6->sin6_addr, text, sizeof text);
-            port = ntohs(v6->sin6_port);
-        }
-        ip = text;
-    }
-
-    int m_sock;
-    const Signal& m_drain;
-    const Signal& m_abort;
-    std::chrono::milliseconds m_write_timeout;
-    std::array<char, 4096> m_buffer{};
-    std::size_t m_begin = 0;
-    std::size_t m_end = 0;
-    std::size_t m_budget = 0;
-    Clock::time_point m_read_deadline;
-    std::optional<Clock::time_point> m_write_deadline;
-};
-
-// httplib's thread pool with a bounded line: a connection that finds every
-// thread busy and the line full is answered 503 at once by the accepting
-// thread (see Refusal), instead of waiting in an unbounded queue.
-class ConnectionQueue final : public httplib::TaskQueue {
-public:
-    ConnectionQueue(std::size_t threads, std::size_t max_waiting) : m_max_waiting(max_waiting) {
-        for (std::size_t i = 0; i < threads; ++i) {
-            m_threads.emplace_back([this] { work(); });
-        }
-    }
-
-    void enqueue(std::function<void()> job) override {
-        {
-            std::lock_guard lock(m_mutex);
-            if (!m_shutdown && m_jobs.size() < m_max_waiting) {
-                m_jobs.push_back(std::move(job));
-                m_changed.notify_one();
-                return;
-            }
-        }
-        refuse(job, Refusal::busy);
-    }
-
-    void shutdown() override {
-        {
-            std::lock_guard lock(m_mutex);
-            m_shutdown = true;
-        }
-        m_changed.notify_all();
-        for (auto& thread : m_threads) {
-            thread.join();
-        }
-    }
-
-private:
-    static void refuse(const std::function<void()>& job, Refusal why) {
-        t_refusal = why;
-        job();
-        t_refusal = Refusal::none;
-    }
-
-    void work() {
-        for (;;) {
-            std::function<void()> job;
-            bool stopping;
-            {
-                std::unique_lock lock(m_mutex);
-                m_changed.wait(lock, [this] { return m_shutdown || !m_jobs.empty(); });
-                if (m_jobs.empty()) {
-                    return;
-                }
-                job = std::move(m_jobs.front());
-                m_jobs.pop_front();
-                stopping = m_shutdown;
-            }
-            if (stopping) {
-                refuse(job, Refusal::stopping);
-            } else {
-                job();
-            }
-        }
-    }
-
-    const std::size_t m_max_waiting;
-    std::mutex m_mutex;
-    std::condition_variable m_changed;
-    std::deque<std::function<void()>> m_jobs;
-    std::vector<std::thread> m_threads;
-    bool m_shutdown = false;
-};
 
 // What the handlers of one request tell the code around them; one per
 // request, on the thread that serves its connection.
@@ -491,8 +214,8 @@ struct Server::Impl {
 };
 
 bool HttpServer::process_and_close_socket(socket_t sock) {
-    if (t_refusal != Refusal::none) {
-        m_owner.refuse_connection(sock, t_refusal);
+    if (const Refusal refusal = current_refusal(); refusal != Refusal::none) {
+        m_owner.refuse_connection(sock, refusal);
         return false;
     }
     return m_owner.serve_connection(sock);
@@ -562,7 +285,7 @@ bool Server::Impl::serve_connection(int sock) {
         Exchange exchange;
         exchange.stream = &stream;
         t_exchange = &exchange;
-        stream.begin_request(settings.read_timeout);
+        stream.begin_request(settings.read_timeout, k_header_bytes);
         const bool last = served + 1 == settings.keep_alive_max_requests;
         bool closed = false;
         const bool written = http.serve(stream, last, closed);
