@@ -93,6 +93,7 @@ std::unique_ptr<safepy::Sandbox> make_sandbox(Options& options) {
 
 int run_command(Options& options, const std::string& path) {
     safepy::Request request;
+    request.limits = options.config.defaults;
     if (auto error = build_limits(options, request.limits)) {
         std::cerr << "safepy: " << *error << "\n";
         return k_usage_error;

@@ -95,6 +95,9 @@ Verdict classify(const Evidence& evidence) {
     if (!evidence.spawn_error.empty()) {
         return sandbox_failure("the jail could not be started", evidence.spawn_error);
     }
+    if (evidence.cancelled) {
+        return sandbox_failure("the run was cancelled because the service is shutting down", "cancelled");
+    }
     if (evidence.stdout_over) {
         return {Status::output_limit, "Output limit exceeded: stdout is capped at " +
                                           std::to_string(limits.stdout_bytes) + " bytes", ""};

@@ -21,6 +21,7 @@ RunnerReport parse_runner_report(const std::string& channel);
 
 struct Evidence {
     std::string spawn_error;      // the jail could not be started at all
+    bool cancelled = false;       // Sandbox::cancel_all ended the run
     bool stdout_over = false;
     bool stderr_over = false;
     bool result_over = false;

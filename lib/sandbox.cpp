@@ -9,6 +9,7 @@
 #include "spawn.hpp"
 #include "warm_pool.hpp"
 
+#include <atomic>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -28,6 +29,7 @@ struct Sandbox::Impl {
     std::string bpf;  // the deny-list as BPF: bwrap's --seccomp, and warm children install it themselves
     std::vector<std::string> notes;
     std::unique_ptr<WarmPool> pool;
+    mutable std::atomic<std::uint64_t> cancel_generation{0};
 
     ~Impl() { pool.reset(); }  // before the cgroups it uses
 };
@@ -124,7 +126,7 @@ WarmSettings warm_settings(const Sandbox::Impl& impl) {
     plan.runner_source = "_SAFEPY_TEMPLATE = True\n" + plan.runner_source + "\n" + std::string(embedded_template());
     // The template's hard limits bound every child's: the operator's maxima.
     plan.limits = impl.config.maxima;
-    plan.limits.tmp_bytes = Limits{}.tmp_bytes;
+    plan.limits.tmp_bytes = impl.config.defaults.tmp_bytes;
     settings.template_plan = plan;
     settings.template_spawn = base_spawn(impl, plan);
     settings.template_spawn.script = impl.bpf;  // the children's filter, on the template's script descriptor
@@ -132,6 +134,7 @@ WarmSettings warm_settings(const Sandbox::Impl& impl) {
     settings.template_spawn.unlimited_cpu = true;
     settings.cgroups = impl.cgroups.version() == CgroupVersion::none ? nullptr : &impl.cgroups;
     settings.pool_size = impl.config.warm_pool_size;
+    settings.defaults = impl.config.defaults;
     return settings;
 }
 
@@ -140,6 +143,7 @@ Outcome conclude(const Sandbox::Impl& impl, const Request& request, const SpawnR
                  const CgroupUsage& usage) {
     Evidence evidence;
     evidence.spawn_error = spawned.spawn_error;
+    evidence.cancelled = spawned.cancelled;
     evidence.stdout_over = spawned.stdout_over;
     evidence.stderr_over = spawned.stderr_over;
     evidence.result_over = spawned.result_over;
@@ -194,7 +198,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Config& config, std::string& erro
         error = "Python interpreter not found or not executable: " + config.python_path;
         return nullptr;
     }
-    if (auto problem = check_limits(Limits{}, config.maxima)) {
+    if (auto problem = check_limits(config.defaults, config.maxima)) {
         error = "The default limits exceed the configured maxima: " + *problem;
         return nullptr;
     }
@@ -283,14 +287,24 @@ bool Sandbox::wait_ready(std::chrono::milliseconds timeout) const {
     return !m_impl->pool || m_impl->pool->wait_ready(timeout);
 }
 
+std::optional<std::string> Sandbox::check(const Request& request) const {
+    return check_request(request, m_impl->config);
+}
+
+void Sandbox::cancel_all() const {
+    ++m_impl->cancel_generation;
+}
+
 Outcome Sandbox::run(const Request& request) const noexcept {
     try {
         const Impl& impl = *m_impl;
         if (auto error = check_request(request, impl.config)) {
             return rejected(Status::invalid_request, *error);
         }
+        const std::uint64_t generation = impl.cancel_generation.load();
+        auto cancelled = [&impl, generation] { return impl.cancel_generation.load() != generation; };
         if (impl.pool) {
-            const WarmRun warm = impl.pool->run(request);
+            const WarmRun warm = impl.pool->run(request, cancelled);
             return conclude(impl, request, warm.spawned, warm.usage);
         }
         std::string cgroup_error;
@@ -307,6 +321,7 @@ Outcome Sandbox::run(const Request& request) const noexcept {
         spec.cgroup_join_fds = cgroup->join_fds();
         DrainSpec drain;
         drain.limits = request.limits;
+        drain.cancelled = cancelled;
         const RunCgroup* run_cgroup = cgroup.get();
         if (impl.cgroups.version() != CgroupVersion::none) {
             drain.cpu_microseconds = [run_cgroup] { return run_cgroup->cpu_microseconds(); };

@@ -384,6 +384,10 @@ SpawnResult drain_job(Job& job, const DrainSpec& spec) {
             result.cpu_timeout = true;
             kill_run();
         }
+        if (!exited && !killed && spec.cancelled && spec.cancelled()) {
+            result.cancelled = true;
+            kill_run();
+        }
     }
     if (!exited) {
         kill_run();

@@ -50,6 +50,7 @@ struct DrainSpec {
     Limits limits;
     std::function<std::uint64_t()> cpu_microseconds;  // whole-run CPU, may be empty
     std::function<void()> kill_all;                   // every process of the run, may be empty
+    std::function<bool()> cancelled;                  // checked every 100 ms, may be empty
 };
 
 struct SpawnResult {
@@ -64,6 +65,7 @@ struct SpawnResult {
     bool result_over = false;
     bool wall_timeout = false;
     bool cpu_timeout = false;
+    bool cancelled = false;
     std::chrono::milliseconds wall{0};
     std::chrono::milliseconds cpu{0};
     std::uint64_t max_rss_bytes = 0;

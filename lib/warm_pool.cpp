@@ -262,7 +262,8 @@ struct WarmPool::Impl {
             return nullptr;
         }
         if (settings.cgroups) {
-            slot->cgroup = settings.cgroups->create(Limits{}, error);
+            slot->cgroup = settings.cgroups->create(settings.defaults, error);
+            slot->cgroup_limits = settings.defaults;
             if (!slot->cgroup) {
                 return nullptr;
             }
@@ -392,7 +393,7 @@ bool WarmPool::wait_ready(std::chrono::milliseconds timeout) const {
     return m_impl->changed.wait_for(lock, timeout, [this] { return m_impl->template_up; });
 }
 
-WarmRun WarmPool::run(const Request& request) {
+WarmRun WarmPool::run(const Request& request, std::function<bool()> cancelled) {
     WarmRun run;
     const auto started = Clock::now();
     std::unique_ptr<Slot> slot;
@@ -470,6 +471,7 @@ WarmRun WarmPool::run(const Request& request) {
     };
     DrainSpec drain;
     drain.limits = request.limits;
+    drain.cancelled = std::move(cancelled);
     const RunCgroup* cgroup = slot->cgroup.get();
     if (cgroup) {
         drain.cpu_microseconds = [cgroup] { return cgroup->cpu_microseconds(); };

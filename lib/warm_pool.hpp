@@ -8,6 +8,7 @@
 #include "jail_command.hpp"
 #include "spawn.hpp"
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -18,6 +19,7 @@ struct WarmSettings {
     SpawnSpec template_spawn;     // argv filled from template_plan; script = the BPF for the children
     const Cgroups* cgroups = nullptr;
     std::size_t pool_size = 2;
+    Limits defaults;  // limits a prepared child's cgroup starts with
 };
 
 struct WarmRun {
@@ -35,7 +37,7 @@ public:
     WarmPool& operator=(const WarmPool&) = delete;
 
     // Runs one request on a prepared child. Safe from many threads.
-    WarmRun run(const Request& request);
+    WarmRun run(const Request& request, std::function<bool()> cancelled);
 
     // "ready (N prepared)" or why the template is not running.
     std::string state() const;

@@ -33,6 +33,7 @@ struct Options {
     safepy::Config config;
     safepy::server::ServerSettings settings;
     std::string jail = "auto";
+    std::string mode = "warm";
     std::string max_body = "2M";
     std::string max_script = "1M";
     std::int64_t queue_timeout_ms = 30'000;
@@ -148,6 +149,15 @@ void add_options(CLI::App& app, Options& options) {
                           "SAFEPY_NSJAIL_CONFIG");
     app.add_flag("--require-cgroup", options.config.require_cgroup, "refuse to start without a per-run cgroup")
         ->envname("SAFEPY_REQUIRE_CGROUP");
+    with_env(app.add_option("--mode", options.mode,
+                            "warm: a template with numpy and pandas loaded forks each run's sandbox; "
+                            "cold: a fresh jail per run")
+                 ->check(CLI::IsMember({"warm", "cold"})),
+             "SAFEPY_MODE");
+    with_env(app.add_option("--warm-pool", options.config.warm_pool_size,
+                            "warm mode: sandboxes kept prepared ahead of demand")
+                 ->check(CLI::Range(1, 256)),
+             "SAFEPY_WARM_POOL");
 }
 
 // Applies typed limit values to `limits`, each checked against `ceiling`.
@@ -199,6 +209,8 @@ std::optional<std::string> build(Options& options) {
         return "the default limits exceed the maxima: " + *error + " (lower the default or raise --max-...)";
     }
     options.config.maxima = maxima;
+    options.config.defaults = defaults;
+    options.config.warm = options.mode == "warm";
     s.policy.defaults = defaults;
     s.policy.maxima = maxima;
     s.queue_timeout = std::chrono::milliseconds(options.queue_timeout_ms);
@@ -266,7 +278,7 @@ int main(int argc, char** argv) {
         return k_start_failed;
     }
     log_event("listening", field("address", settings.address) + "," + field("port", server.port()) + "," +
-                               field("jail", diagnostics.jail) + "," +
+                               field("jail", diagnostics.jail) + "," + field("mode", diagnostics.mode) + "," +
                                field("resource_control", diagnostics.resource_control) + "," +
                                field("concurrency", settings.concurrency) + "," + field("queue", settings.queue_length));
 

@@ -85,66 +85,6 @@ bool may_carry_body(const httplib::Request& req) {
            (req.has_header("Content-Length") && req.get_header_value("Content-Length") != "0");
 }
 
-std::optional<std::string> read_text(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) {
-        return std::nullopt;
-    }
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
-
-// The parent pid from /proc/PID/stat; the command name before it may hold spaces and parentheses.
-std::optional<pid_t> parent_of(pid_t pid) {
-    const auto stat = read_text("/proc/" + std::to_string(pid) + "/stat");
-    if (!stat) {
-        return std::nullopt;
-    }
-    const auto close = stat->rfind(')');
-    if (close == std::string::npos) {
-        return std::nullopt;
-    }
-    std::istringstream fields(stat->substr(close + 1));
-    std::string state;
-    pid_t parent = 0;
-    if (!(fields >> state >> parent)) {
-        return std::nullopt;
-    }
-    return parent;
-}
-
-// Kills the jail processes of the runs still going: this process's only
-// children. Each Sandbox::run then returns and removes what is left of its
-// run. Going through a pidfd taken before the parent check means a pid reused
-// by an unrelated process is never signalled.
-std::size_t kill_child_processes() {
-    const pid_t self = getpid();
-    std::size_t killed = 0;
-    DIR* proc = opendir("/proc");
-    if (!proc) {
-        return 0;
-    }
-    while (const dirent* entry = readdir(proc)) {
-        char* end = nullptr;
-        const long pid = std::strtol(entry->d_name, &end, 10);
-        if (pid <= 0 || *end != '\0') {
-            continue;
-        }
-        const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
-        if (pidfd < 0) {
-            continue;
-        }
-        if (parent_of(static_cast<pid_t>(pid)) == self &&
-            syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0) == 0) {
-            ++killed;
-        }
-        close(pidfd);
-    }
-    closedir(proc);
-    return killed;
-}
-
 }  // namespace
 
 // httplib's Server with our own connection loop: process_and_close_socket is
@@ -394,6 +334,15 @@ void Server::Impl::handle_execute(const httplib::Request& req, httplib::Response
         return;
     }
     const Request& request = std::get<Request>(parsed);
+    // Requests the library would refuse anyway do not wait for a slot.
+    if (auto problem = sandbox->check(request)) {
+        Outcome rejected;
+        rejected.status = Status::invalid_request;
+        rejected.error = *problem;
+        exchange.outcome = "rejected";
+        send_json(res, http_status(rejected.status), envelope_json(rejected));
+        return;
+    }
     switch (admission.enter(exchange.queue_wait)) {
     case Admission::Result::queue_full:
         exchange.outcome = "queue_full";
@@ -573,7 +522,7 @@ void Server::stop(std::chrono::milliseconds grace) {
         // Again and again: a run admitted just before the drain may start its jail after a pass.
         const auto kill_end = Clock::now() + k_after_kill;
         do {
-            kill_child_processes();
+            impl.sandbox->cancel_all();
         } while (!impl.admission.wait_idle(std::min(kill_end, Clock::now() + std::chrono::milliseconds(50))) &&
                  Clock::now() < kill_end);
     }

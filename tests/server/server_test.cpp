@@ -219,14 +219,16 @@ protected:
     }
 
     // Starts a server on a free port of 127.0.0.1 with its runs under bubblewrap.
-    void start(ServerSettings settings = {}, const std::string& bwrap_path = "") {
+    void start(ServerSettings settings = {}, const std::string& bwrap_path = "", bool warm = false) {
         Config config;
         config.jail = JailKind::bwrap;
         config.bwrap_path = bwrap_path;
         config.maxima = settings.policy.maxima;
+        config.warm = warm;
         std::string error;
         auto sandbox = Sandbox::create(config, error);
         ASSERT_NE(sandbox, nullptr) << "bubblewrap must work for the server tests: " << error;
+        ASSERT_TRUE(sandbox->wait_ready(30s)) << "the warm pool did not start";
         settings.address = "127.0.0.1";
         settings.port = 0;
         settings.log = [this](std::string_view line) {
@@ -301,6 +303,8 @@ protected:
         }
         return false;
     }
+
+    void check_bombs_stay_in_their_slot(bool warm);
 
     std::vector<std::string> log_lines() {
         std::lock_guard lock(m_log_mutex);
@@ -696,10 +700,11 @@ TEST_F(ServerTest, AWaitTooLongIs503) {
     ASSERT_TRUE(running.get());
 }
 
-TEST_F(ServerTest, BombsStayInTheirSlot) {
+// In warm mode the template's jail is this process's one lasting child.
+void ServerTest::check_bombs_stay_in_their_slot(bool warm) {
     ServerSettings settings;
     settings.concurrency = 2;
-    ASSERT_NO_FATAL_FAILURE(start(settings));
+    ASSERT_NO_FATAL_FAILURE(start(settings, "", warm));
     struct Bomb {
         const char* name;
         std::string body;
@@ -742,7 +747,41 @@ TEST_F(ServerTest, BombsStayInTheirSlot) {
         EXPECT_LT(Clock::now() - started, 15s);
     }
     EXPECT_LT(resident_bytes(), resident_before + (64u << 20));
-    EXPECT_TRUE(children_of_this_process().empty());
+    EXPECT_EQ(children_of_this_process().size(), warm ? 1u : 0u);
+}
+
+TEST_F(ServerTest, BombsStayInTheirSlot) {
+    check_bombs_stay_in_their_slot(false);
+}
+
+TEST_F(ServerTest, BombsStayInTheirSlotInWarmMode) {
+    check_bombs_stay_in_their_slot(true);
+}
+
+TEST_F(ServerTest, WarmModeAnswersTheReadmeExamplesAndConcurrentRequests) {
+    ASSERT_NO_FATAL_FAILURE(start({}, "", true));
+    const auto hello = execute(k_hello_body);
+    ASSERT_TRUE(hello);
+    EXPECT_EQ(hello->status, 200);
+    EXPECT_EQ(hello->body, k_hello_envelope);
+    const auto numbers = execute(k_numbers_body);
+    ASSERT_TRUE(numbers);
+    EXPECT_EQ(numbers->body, k_numbers_envelope);
+    expect_error(k_no_main_body, 422, k_no_main_envelope);
+    constexpr int k_requests = 16;
+    std::vector<std::future<std::pair<int, std::string>>> replies;
+    for (int i = 0; i < k_requests; ++i) {
+        replies.push_back(std::async(std::launch::async, [this, i] {
+            const auto res = execute(execute_body("import pandas\ndef main():\n    return {\"n\": int(pandas.Series([" +
+                                                  std::to_string(i) + "]).sum())}\n"));
+            return res ? std::make_pair(res->status, res->body) : std::make_pair(0, httplib::to_string(res.error()));
+        }));
+    }
+    for (int i = 0; i < k_requests; ++i) {
+        const auto [status, body] = replies[static_cast<std::size_t>(i)].get();
+        EXPECT_EQ(status, 200) << body;
+        EXPECT_EQ(body, "{\"result\": {\"n\": " + std::to_string(i) + "}, \"stdout\": \"\"}");
+    }
 }
 
 TEST_F(ServerTest, HealthAndReadiness) {

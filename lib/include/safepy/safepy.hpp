@@ -101,7 +101,8 @@ struct Config {
     std::uint32_t sandbox_gid = 65534;
     bool require_cgroup = false;           // refuse to start without a per-run cgroup
     std::size_t max_script_bytes = 1u << 20;
-    Limits maxima = default_maxima();
+    Limits defaults;                   // what a request starts from
+    Limits maxima = default_maxima();  // what no request may exceed
     // Warm mode: a template inside the jail imports `warm_preload` once and
     // forks a prepared child per run, each with its own namespaces, /tmp,
     // limits and seccomp filter. Cold mode starts a fresh jail per run.
@@ -171,6 +172,14 @@ public:
 
     // Runs one request in a fresh sandbox. Never throws; safe from many threads.
     Outcome run(const Request& request) const noexcept;
+
+    // Why `run` would reject the request without starting anything (script
+    // size, NUL bytes, limits); empty when it would run it.
+    std::optional<std::string> check(const Request& request) const;
+
+    // Kills every run in progress now (for a shutdown's end): each returns a
+    // sandbox_error saying it was cancelled. Later runs are not affected.
+    void cancel_all() const;
 
     // The defaults a request starts from, and the maxima it may not exceed.
     const Config& config() const;
