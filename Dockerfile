@@ -62,7 +62,8 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSAFEPY_BUILD_TESTS=O
 RUN for library in $(ldd /out/safepy /out/safepy-server | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u); do \
       dpkg -S "$library" 2>/dev/null || dpkg -S "/usr$library" 2>/dev/null \
         || { echo "no Debian package holds $library" >&2; exit 1; }; \
-    done | cut -d: -f1 | sort -u > /out/runtime-packages \
+    done > /tmp/library-owners \
+ && cut -d: -f1 /tmp/library-owners | sort -u > /out/runtime-packages \
  && cat /out/runtime-packages
 
 # The runtime: Python with numpy and pandas, nsjail's libraries, the two binaries.
