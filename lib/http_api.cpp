@@ -236,22 +236,8 @@ std::string error_body(const HttpError& error) {
 }
 
 int http_status(Status status) {
-    switch (status) {
-    case Status::ok:
-        return 200;
-    case Status::invalid_request:
-        return 400;
-    case Status::invalid_script:
-    case Status::script_error:
-    case Status::invalid_result:
-    case Status::timeout:
-    case Status::memory_limit:
-    case Status::output_limit:
-        return 422;
-    case Status::sandbox_error:
-        return 500;
-    }
-    return 500;
+    constexpr int k_codes[] = {200, 400, 422, 500};  // by Party
+    return k_codes[static_cast<int>(party_of(status))];
 }
 
 Limits service_maxima() {

@@ -205,37 +205,16 @@ std::unique_ptr<Sandbox> Sandbox::create(const Config& config, std::string& erro
     const std::string nsjail = config.nsjail_path.empty() ? find_program("nsjail", {"/usr/local/bin/nsjail", "/usr/bin/nsjail"})
                                                           : config.nsjail_path;
     const std::string bwrap = config.bwrap_path.empty() ? find_program("bwrap", {"/usr/bin/bwrap"}) : config.bwrap_path;
-    switch (config.jail) {
-    case JailKind::nsjail:
-        if (!is_executable(nsjail)) {
-            error = "nsjail not found" + (nsjail.empty() ? std::string(" on PATH") : ": " + nsjail) +
-                    " (give its path with --nsjail, or choose --jail bwrap)";
-            return nullptr;
-        }
-        impl->jail = JailKind::nsjail;
-        impl->jail_path = nsjail;
-        break;
-    case JailKind::bwrap:
-        if (!is_executable(bwrap)) {
-            error = "bubblewrap not found" + (bwrap.empty() ? std::string(" on PATH") : ": " + bwrap) +
-                    " (apt-get install bubblewrap)";
-            return nullptr;
-        }
-        impl->jail = JailKind::bwrap;
-        impl->jail_path = bwrap;
-        break;
-    case JailKind::automatic:
-        if (is_executable(nsjail)) {
-            impl->jail = JailKind::nsjail;
-            impl->jail_path = nsjail;
-        } else if (is_executable(bwrap)) {
-            impl->jail = JailKind::bwrap;
-            impl->jail_path = bwrap;
-        } else {
-            error = "No jail found: install bubblewrap (apt-get install bubblewrap) or put nsjail on PATH";
-            return nullptr;
-        }
-        break;
+    const bool use_nsjail = config.jail == JailKind::nsjail || (config.jail == JailKind::automatic && is_executable(nsjail));
+    impl->jail = use_nsjail ? JailKind::nsjail : JailKind::bwrap;
+    impl->jail_path = use_nsjail ? nsjail : bwrap;
+    if (!is_executable(impl->jail_path)) {
+        const std::string where = impl->jail_path.empty() ? " on PATH" : ": " + impl->jail_path;
+        error = config.jail == JailKind::automatic
+                    ? "No jail found: install bubblewrap (apt-get install bubblewrap) or put nsjail on PATH"
+                : use_nsjail ? "nsjail not found" + where + " (give its path with --nsjail, or choose --jail bwrap)"
+                             : "bubblewrap not found" + where + " (apt-get install bubblewrap)";
+        return nullptr;
     }
     impl->mounts = default_mounts(read_host_layout());
     impl->kafel = seccomp_kafel_policy();

@@ -38,23 +38,28 @@ std::optional<Status> parse_status(std::string_view name) {
     return std::nullopt;
 }
 
-int exit_code(Status status) {
+Party party_of(Status status) {
     switch (status) {
     case Status::ok:
-        return 0;
+        return Party::none;
     case Status::invalid_request:
-        return 2;
+        return Party::request;
     case Status::sandbox_error:
-        return 3;
+        return Party::sandbox;
     case Status::invalid_script:
     case Status::script_error:
     case Status::invalid_result:
     case Status::timeout:
     case Status::memory_limit:
     case Status::output_limit:
-        return 1;
+        break;
     }
-    return 3;
+    return Party::script;
+}
+
+int exit_code(Status status) {
+    constexpr int k_codes[] = {0, 2, 1, 3};  // by Party
+    return k_codes[static_cast<int>(party_of(status))];
 }
 
 std::string_view jail_name(JailKind kind) {

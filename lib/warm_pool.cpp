@@ -335,10 +335,14 @@ struct WarmPool::Impl {
         }
     }
 
+    // A prepared child, or, while the template is up, one made here.
     std::unique_ptr<Slot> take_slot(std::string& error) {
         {
             std::unique_lock lock(mutex);
-            // A prepared child, or, while the template is up, make one here.
+            if (!template_up) {
+                // Give a starting template a moment before failing the run.
+                changed.wait_for(lock, std::chrono::seconds(5), [this] { return stopping || template_up; });
+            }
             if (!ready.empty()) {
                 auto slot = std::move(ready.front());
                 ready.pop_front();
@@ -346,18 +350,8 @@ struct WarmPool::Impl {
                 return slot;
             }
             if (!template_up) {
-                // Give a starting template a moment before failing the run.
-                changed.wait_for(lock, std::chrono::seconds(5), [this] { return stopping || template_up; });
-                if (!ready.empty()) {
-                    auto slot = std::move(ready.front());
-                    ready.pop_front();
-                    changed.notify_all();
-                    return slot;
-                }
-                if (!template_up) {
-                    error = last_error;
-                    return nullptr;
-                }
+                error = last_error;
+                return nullptr;
             }
         }
         return make_slot(error);

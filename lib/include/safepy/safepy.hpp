@@ -27,6 +27,11 @@ enum class Status {
     sandbox_error,    // the sandbox itself failed: our bug or the deployment's, never the script's
 };
 
+// Who a status is down to: nobody (ok), the request, the script, or the
+// sandbox itself. Exit codes and HTTP status codes follow from it.
+enum class Party { none, request, script, sandbox };
+Party party_of(Status status);
+
 // The lower-case name used in JSON ("ok", "script_error", ...).
 std::string_view status_name(Status status);
 
