@@ -1,5 +1,6 @@
 // Google Benchmark for libsafepy: full Sandbox::run() under each available jail,
 // and the pure parts (envelope serialisation, result validation, classification).
+// nsjail is taken from SAFEPY_NSJAIL, else PATH; a jail whose probe run fails is skipped.
 #include "classify.hpp"
 #include "envelope.hpp"
 #include "safepy/safepy.hpp"
@@ -16,6 +17,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #ifndef SAFEPY_BENCH_SCRIPTS_DIR
@@ -166,6 +168,16 @@ void bm_parse_runner_report(benchmark::State& state, const std::string* channel)
 }  // namespace
 
 int main(int argc, char** argv) {
+    // --pure-only: no sandbox is created (CI's smoke run needs no jail and no warm template).
+    bool pure_only = false;
+    for (int i = 1; i < argc; ++i) {
+        if (std::string_view(argv[i]) == "--pure-only") {
+            pure_only = true;
+            std::copy(argv + i + 1, argv + argc, argv + i);
+            --argc;
+            break;
+        }
+    }
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) {
         return 2;
@@ -188,6 +200,9 @@ int main(int argc, char** argv) {
     const std::string nsjail_path = nsjail_env ? nsjail_env : "";
     for (auto kind : {safepy::JailKind::bwrap, safepy::JailKind::nsjail}) {
         for (bool warm : {false, true}) {
+            if (pure_only) {
+                break;
+            }
             std::string why;
             if (auto jail = open_jail(kind, warm, nsjail_path, why)) {
                 jails.push_back(std::move(*jail));
