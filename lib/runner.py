@@ -35,6 +35,9 @@ def _safepy_runner():
     script_fd = int(sys.argv[3])
     os.set_inheritable(result_fd, False)
     write(result_fd, b"S")
+    get_pid = os.getpid
+    exit_now = os._exit
+    runner_pid = get_pid()
 
     def write_all(fd, data):
         view = memoryview(data)
@@ -42,6 +45,11 @@ def _safepy_runner():
             view = view[write(fd, view):]
 
     def send(kind, body):
+        if get_pid() != runner_pid:
+            # A process the script forked came back through the runner: only
+            # the original reports; the copy ends like any child process.
+            flush_output()
+            exit_now(0 if kind == "ok" else 1)
         if is_instance(body, str):
             body = body.encode("utf-8", "backslashreplace")
         write_all(result_fd, b"R" + kind.encode("ascii") + b"\n" + body)

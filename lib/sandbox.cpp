@@ -68,6 +68,18 @@ std::optional<std::string> read_file(const std::string& path) {
     return buffer.str();
 }
 
+bool has_kill_capability() {
+    std::ifstream status("/proc/self/status");
+    std::string line;
+    while (std::getline(status, line)) {
+        if (line.rfind("CapEff:", 0) == 0) {
+            const unsigned long long effective = std::strtoull(line.c_str() + 7, nullptr, 16);
+            return (effective >> 5) & 1;  // CAP_KILL
+        }
+    }
+    return false;
+}
+
 // Checks that need no process: the request is rejected before anything runs.
 std::optional<std::string> check_request(const Request& request, const Config& config) {
     if (request.script.size() > config.max_script_bytes) {
@@ -247,6 +259,13 @@ std::unique_ptr<Sandbox> Sandbox::create(const Config& config, std::string& erro
     }
     if (geteuid() == 0 && config.sandbox_uid == 0) {
         error = "The sandbox uid must not be 0";
+        return nullptr;
+    }
+    if (geteuid() == 0 && !has_kill_capability()) {
+        // Runs are started as the sandbox uid: without CAP_KILL a timed-out
+        // run could not be stopped.
+        error = "Started as root without CAP_KILL: runs under another uid could not be stopped on time "
+                "(add the KILL capability, e.g. docker run --cap-add KILL)";
         return nullptr;
     }
     if (geteuid() != 0) {

@@ -2,6 +2,7 @@
 
 #include "jail_command.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <csignal>
@@ -154,7 +155,14 @@ struct ChildPlan {
 
 ChildPlan make_child_plan(const SpawnSpec& spec) {
     ChildPlan plan{};
+    // Without CAP_SYS_RESOURCE nothing can go above the current hard limit
+    // (a container's ulimit): ask for at most that rather than fail.
     auto add = [&plan](int resource, rlim_t soft, rlim_t hard) {
+        rlimit current{};
+        if (getrlimit(resource, &current) == 0 && current.rlim_max != RLIM_INFINITY) {
+            hard = std::min(hard, current.rlim_max);
+            soft = std::min(soft, hard);
+        }
         plan.resources.push_back(resource);
         plan.limits.push_back({soft, hard});
     };

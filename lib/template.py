@@ -122,14 +122,22 @@ def _safepy_template():
         os.dup2(script, 4)
         slot.detach()  # closed below; the object must not close a reused number later
         os.closerange(5, 1 << 20)
+        def limit(which, soft, hard):
+            # Never above the inherited hard limit (it cannot be raised).
+            _, ceiling = resource.getrlimit(which)
+            if ceiling != resource.RLIM_INFINITY:
+                hard = min(hard, ceiling)
+                soft = min(soft, hard)
+            resource.setrlimit(which, (soft, hard))
+
         cpu = limits["cpu_seconds"]
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_bytes"], limits["file_bytes"]))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        limit(resource.RLIMIT_CPU, cpu, cpu + 1)
+        limit(resource.RLIMIT_FSIZE, limits["file_bytes"], limits["file_bytes"])
+        limit(resource.RLIMIT_NOFILE, limits["open_files"], limits["open_files"])
+        limit(resource.RLIMIT_CORE, 0, 0)
         if limits["rlimit_memory"]:
-            resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"], limits["memory_bytes"]))
-            resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"], limits["processes"]))
+            limit(resource.RLIMIT_AS, limits["memory_bytes"], limits["memory_bytes"])
+            limit(resource.RLIMIT_NPROC, limits["processes"], limits["processes"])
         numpy = sys.modules.get("numpy")
         if numpy is not None:
             numpy.random.seed()  # forked children must not share the template's stream

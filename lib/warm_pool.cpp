@@ -183,6 +183,7 @@ struct WarmPool::Impl {
             rusage usage;
             template_job.reap(status, usage);
             template_log += read_available(template_job.err.get(), 16 * 1024);
+            template_log += read_available(template_job.log.get(), 16 * 1024);
         }
         template_job = Job();
         {
@@ -222,6 +223,9 @@ struct WarmPool::Impl {
             return false;
         }
         fcntl(template_job.err.get(), F_SETFL, O_NONBLOCK);
+        if (template_job.log) {
+            fcntl(template_job.log.get(), F_SETFL, O_NONBLOCK);
+        }
         template_job.out.reset();  // the template prints nothing; a write would fail, not block
         std::lock_guard lock(control_mutex);
         control = std::move(host);
@@ -317,6 +321,7 @@ struct WarmPool::Impl {
             auto slot = make_slot(error);
             if (!slot) {
                 template_log += read_available(template_job.err.get(), 16 * 1024);
+                template_log += read_available(template_job.log.get(), 16 * 1024);  // nsjail's own log
                 if (template_log.size() > 16 * 1024) {
                     template_log.erase(0, template_log.size() - 16 * 1024);
                 }

@@ -285,6 +285,16 @@ TEST_P(JailTest, SegfaultIsAScriptError) {
     EXPECT_TRUE(contains(outcome.error, "SIGSEGV")) << outcome.error;
 }
 
+TEST_P(JailTest, OnlyTheOriginalProcessReportsAResult) {
+    const Outcome fork = run_file("fork_in_main.py");
+    ASSERT_EQ(fork.status, Status::ok) << fork.error << fork.stderr_bytes;
+    EXPECT_EQ(fork.result_json, R"({"who": "parent"})");
+    const Outcome raising = run_file("fork_child_raises.py");
+    ASSERT_EQ(raising.status, Status::ok) << raising.error;
+    EXPECT_EQ(raising.result_json, R"({"parent": "done"})");
+    EXPECT_TRUE(contains(raising.stderr_bytes, "ValueError: child failure")) << raising.stderr_bytes;
+}
+
 TEST_P(JailTest, NumpyAndPandas) {
     const Outcome outcome = run_file("numpy_pandas.py");
     ASSERT_EQ(outcome.status, Status::ok) << outcome.error << outcome.stderr_bytes;
