@@ -75,7 +75,7 @@ struct Options {
 
 // What one request ended as: empty when verified, else an error kind and a message.
 struct Failure {
-    std::string kind;  // transport, http_status, bad_body, error_field, no_result, mismatch, spawn, exit_status
+    std::string kind;  // transport, http_status, bad_body, error_field, no_result, mismatch, spawn, timeout, exit_status
     std::string message;
 };
 using Check = std::optional<Failure>;
