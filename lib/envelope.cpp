@@ -88,14 +88,20 @@ std::string repair_utf8(std::string_view bytes) {
     const std::size_t size = bytes.size();
     std::size_t i = 0;
     while (i < size) {
+        // Copy runs of ASCII in one go: most output is ASCII.
+        std::size_t ascii = i;
+        while (ascii < size && data[ascii] < 0x80) {
+            ++ascii;
+        }
+        out.append(bytes.substr(i, ascii - i));
+        i = ascii;
+        if (i == size) {
+            break;
+        }
         const unsigned char lead = data[i];
         std::size_t length = 0;
         unsigned char low = 0x80, high = 0xBF;
-        if (lead < 0x80) {
-            out.push_back(static_cast<char>(lead));
-            ++i;
-            continue;
-        } else if (lead >= 0xC2 && lead <= 0xDF) {
+        if (lead >= 0xC2 && lead <= 0xDF) {
             length = 2;
         } else if (lead >= 0xE0 && lead <= 0xEF) {
             length = 3;
