@@ -93,7 +93,9 @@ std::string signal_name(int signal) {
 Verdict classify(const Evidence& evidence) {
     const Limits& limits = evidence.limits;
     if (!evidence.spawn_error.empty()) {
-        return sandbox_failure("the jail could not be started", evidence.spawn_error);
+        return sandbox_failure(evidence.report.started ? "the sandbox lost track of the run"
+                                                       : "the jail could not be started",
+                               evidence.spawn_error);
     }
     if (evidence.cancelled) {
         return sandbox_failure("the run was cancelled because the service is shutting down", "cancelled");
