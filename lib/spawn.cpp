@@ -122,6 +122,11 @@ struct ChildPlan {
         if (moved[i] >= 0 && dup2(moved[i], static_cast<int>(i)) < 0) {
             child_fail(report_fd, 2);
         }
+        // A slot we do not fill must not pass on whatever the caller had
+        // there (a file, a client's socket).
+        if (moved[i] < 0) {
+            close(static_cast<int>(i));
+        }
     }
     if (syscall(SYS_close_range, moved.size(), ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
         child_fail(report_fd, 2);

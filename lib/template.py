@@ -52,10 +52,9 @@ def _safepy_template():
 
     control_fd = int(sys.argv[2])
     bpf_fd = int(sys.argv[3])
-    try:
-        os.close(5)  # the jail's policy descriptor, if it is still open
-    except OSError:
-        pass
+    # Nothing but the control socket and the filter may stay open here (the
+    # jail may pass on descriptors the host process happened to hold).
+    os.closerange(bpf_fd + 1, 1 << 20)
     chunks = []
     while True:
         chunk = os.read(bpf_fd, 1 << 16)

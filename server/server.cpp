@@ -7,6 +7,7 @@
 #include <httplib.h>
 #include <netinet/tcp.h>
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -155,6 +156,7 @@ bool HttpServer::process_and_close_socket(socket_t sock) {
     // back by about 40 ms.
     int yes = 1;
     setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof yes);
+    fcntl(sock, F_SETFD, FD_CLOEXEC);  // never inherited by a jail
     if (const Refusal refusal = current_refusal(); refusal != Refusal::none) {
         m_owner.refuse_connection(sock, refusal);
         return false;

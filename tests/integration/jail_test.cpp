@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <dirent.h>
+#include <fcntl.h>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -359,6 +360,37 @@ TEST_P(JailTest, NoProcessOutlivesItsRun) {
 }
 
 // the hostile set
+
+TEST_P(JailTest, OnlyStandardDescriptorsAndTheResultChannelAreInherited) {
+    // Whatever the calling process holds on low or high descriptors (a file,
+    // a client's socket) must not reach the script.
+    char path[] = "/tmp/safepy-secret-XXXXXX";
+    const int secret = mkstemp(path);
+    ASSERT_GE(secret, 0);
+    ASSERT_EQ(write(secret, "hunter2", 7), 7);
+    std::vector<int> planted;
+    for (int fd : {5, 6, 7, 9, 40}) {
+        const int saved = fcntl(fd, F_DUPFD_CLOEXEC, 100);  // keep what the test process had there
+        ASSERT_EQ(dup2(secret, fd), fd);                     // no CLOEXEC: inheritable
+        planted.push_back(saved);
+    }
+    const Outcome outcome = run_file("inherited_fds.py");
+    const int fds[] = {5, 6, 7, 9, 40};
+    for (std::size_t i = 0; i < planted.size(); ++i) {
+        if (planted[i] >= 0) {
+            dup2(planted[i], fds[i]);
+            close(planted[i]);
+        } else {
+            close(fds[i]);
+        }
+    }
+    close(secret);
+    unlink(path);
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error << outcome.stderr_bytes;
+    EXPECT_FALSE(contains(outcome.result_json, "hunter2")) << outcome.result_json;
+    // 0, 1, 2, the result channel and the descriptor listdir itself opened.
+    EXPECT_EQ(outcome.result_json, R"({"open": [0, 1, 2, 3, 4], "readable": {}})");
+}
 
 TEST_P(JailTest, NoNetwork) {
     const Outcome outcome = run_file("network.py");
