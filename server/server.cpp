@@ -41,6 +41,7 @@ struct Exchange {
     bool answered = false;     // a handler of ours wrote the response (else httplib did: malformed request)
     bool close_after = false;  // the body may be unread, or the server drains: close the connection
     bool execute = false;      // reached the POST /execute handler
+    bool holds_slot = false;   // an execution slot, released once the response is written
     std::string outcome;
     std::chrono::milliseconds queue_wait{0};
     std::optional<Usage> usage;
@@ -231,7 +232,22 @@ bool Server::Impl::serve_connection(int sock) {
         stream.begin_request(settings.read_timeout, k_header_bytes);
         const bool last = served + 1 == settings.keep_alive_max_requests;
         bool closed = false;
-        const bool written = http.serve(stream, last, closed);
+        bool written = false;
+        {
+            // A response can be several times its run's output caps (JSON
+            // escaping): keeping the slot until it is written bounds the
+            // memory of responses by the number of slots.
+            struct SlotRelease {
+                Exchange& exchange;
+                Admission& admission;
+                ~SlotRelease() {
+                    if (exchange.holds_slot) {
+                        admission.leave();
+                    }
+                }
+            } release{exchange, admission};
+            written = http.serve(stream, last, closed);
+        }
         t_exchange = nullptr;
         linger = exchange.close_after;
         keep = written && !closed && !last && !exchange.close_after;
@@ -367,9 +383,9 @@ void Server::Impl::handle_execute(const httplib::Request& req, httplib::Response
     case Admission::Result::admitted:
         break;
     }
+    exchange.holds_slot = true;
     Outcome outcome = sandbox->run(request);
     const bool cut_short = killing.load();
-    admission.leave();
     metrics.count_execution(outcome.status);
     exchange.outcome = status_name(outcome.status);
     exchange.usage = outcome.usage;
