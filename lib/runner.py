@@ -117,9 +117,18 @@ def _safepy_runner():
     except ValueError as error:
         send("syntax_error", "SyntaxError: " + str(error))
         return
+    except (RecursionError, MemoryError):
+        # CPython's parser gives up on deep nesting with either of these.
+        send("syntax_error", "SyntaxError: the script is nested too deeply to compile")
+        return
 
     if mode == "check":
-        send("ok" if _defines_main(ast.parse(source)) else "no_main", "{}")
+        try:
+            found = _defines_main(ast.parse(source))
+        except (RecursionError, MemoryError, SyntaxError, ValueError):
+            send("syntax_error", "SyntaxError: the script is nested too deeply to check")
+            return
+        send("ok" if found else "no_main", "{}")
         return
 
     text = source.decode("utf-8", "replace")

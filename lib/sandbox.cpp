@@ -166,7 +166,11 @@ Outcome conclude(const Sandbox::Impl& impl, const Request& request, const SpawnR
     evidence.cpu = usage.has_cpu ? std::chrono::milliseconds(usage.cpu_microseconds / 1000) : spawned.cpu;
     evidence.report = parse_runner_report(spawned.result_bytes);
     if (evidence.report.kind && *evidence.report.kind == "ok") {
-        evidence.result_error = validate_result_json(evidence.report.body);
+        if (evidence.report.body.size() > request.limits.result_bytes) {
+            evidence.result_over = true;
+        } else {
+            evidence.result_error = validate_result_json(evidence.report.body);
+        }
     }
     evidence.limits = request.limits;
     evidence.jail = std::string(jail_name(impl.jail));

@@ -193,10 +193,11 @@ class Drain {
 public:
     Drain(std::string& sink, std::uint64_t cap, bool& over) : m_sink(sink), m_cap(cap), m_over(over) {}
 
-    // Reads what is available; false at end of file or on error.
+    // Reads what is available, at most 1 MiB so that the caller's timers
+    // still run during a flood; false at end of file or on error.
     bool read_from(int fd) {
         char buffer[1 << 16];
-        for (;;) {
+        for (int reads = 0; reads < 16; ++reads) {
             const ssize_t n = read(fd, buffer, sizeof buffer);
             if (n > 0) {
                 const auto room = m_cap > m_sink.size() ? m_cap - m_sink.size() : 0;
@@ -212,6 +213,7 @@ public:
             }
             return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
         }
+        return true;
     }
 
 private:
@@ -309,7 +311,10 @@ SpawnResult drain_job(Job& job, const DrainSpec& spec) {
     bool log_over = false;
     Drain drains[] = {Drain(result.stdout_bytes, spec.limits.stdout_bytes, result.stdout_over),
                       Drain(result.stderr_bytes, spec.limits.stderr_bytes, result.stderr_over),
-                      Drain(result.result_bytes, spec.limits.result_bytes + 1, result.result_over),
+                      // Room for the runner's marker and record header (see
+                      // runner.py) besides the result itself, which
+                      // conclude() checks against result_bytes.
+                      Drain(result.result_bytes, spec.limits.result_bytes + k_channel_overhead, result.result_over),
                       Drain(result.jail_log, 64 * 1024, log_over)};
     Fd* sources[] = {&job.out, &job.err, &job.result, &job.log};
 

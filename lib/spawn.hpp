@@ -15,6 +15,10 @@
 
 namespace safepy {
 
+// Bytes of the result channel beyond the result itself: the runner's "S"
+// marker and its record header, or an error record's message.
+inline constexpr std::uint64_t k_channel_overhead = 64 * 1024;
+
 struct SpawnSpec {
     std::vector<std::string> argv;
     std::vector<std::string> environment;  // the jail process's own, minimal

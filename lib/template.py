@@ -23,6 +23,7 @@ def _safepy_template():
     import struct
 
     CLONE_NEWNS = 0x00020000
+    CLONE_NEWCGROUP = 0x02000000
     CLONE_NEWUTS = 0x04000000
     CLONE_NEWIPC = 0x08000000
     CLONE_NEWUSER = 0x10000000
@@ -107,6 +108,9 @@ def _safepy_template():
         options = "size=%d,mode=0755,uid=%d,gid=%d" % (limits["tmp_bytes"], uid, gid)
         check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()), "mount /tmp")
         os.chdir("/tmp")
+        # Now in the run's own cgroup (the host moved it there): make that the
+        # root the run sees.
+        check(libc.unshare(CLONE_NEWCGROUP), "unshare(CLONE_NEWCGROUP)")
         check(libc.unshare(CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
         with open("/proc/self/setgroups", "w") as f:
             f.write("deny")

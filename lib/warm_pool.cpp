@@ -394,8 +394,8 @@ bool WarmPool::wait_ready(std::chrono::milliseconds timeout) const {
 
 WarmRun WarmPool::run(const Request& request, std::function<bool()> cancelled) {
     WarmRun run;
-    const auto started = Clock::now();
     std::unique_ptr<Slot> slot;
+    Clock::time_point started;
     Fd out_read, err_read, result_read;
     // A child may have died since it was prepared: try a second one.
     for (int attempt = 0; attempt < 2 && !out_read; ++attempt) {
@@ -412,13 +412,20 @@ WarmRun WarmPool::run(const Request& request, std::function<bool()> cancelled) {
             }
             slot->cgroup_limits = request.limits;
         }
-        int out[2], err[2], result[2];
-        if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0 || pipe2(result, O_CLOEXEC) != 0) {
+        Fd out_r, out_write, err_r, err_write, result_r, result_write;
+        auto make_pipe = [](Fd& read_end, Fd& write_end) {
+            int fds[2];
+            if (pipe2(fds, O_CLOEXEC) != 0) {
+                return false;
+            }
+            read_end.reset(fds[0]);
+            write_end.reset(fds[1]);
+            return true;
+        };
+        if (!make_pipe(out_r, out_write) || !make_pipe(err_r, err_write) || !make_pipe(result_r, result_write)) {
             run.spawned.spawn_error = std::string("pipe2: ") + std::strerror(errno);
             return run;
         }
-        Fd out_write(out[1]), err_write(err[1]), result_write(result[1]);
-        Fd out_r(out[0]), err_r(err[0]), result_r(result[0]);
         Fd script = sealed_memory_file(request.script);
         if (!script) {
             run.spawned.spawn_error = "cannot hold the script in memory";
@@ -427,6 +434,9 @@ WarmRun WarmPool::run(const Request& request, std::function<bool()> cancelled) {
         const bool rlimit_memory = m_impl->settings.cgroups == nullptr;
         if (send_with_fds(slot->socket.get(), run_header(request, rlimit_memory),
                           {out_write.get(), err_write.get(), result_write.get(), script.get()})) {
+            // The wall clock starts when the child has its run, not while a
+            // slot was being found: that time is not the script's.
+            started = Clock::now();
             out_read = std::move(out_r);
             err_read = std::move(err_r);
             result_read = std::move(result_r);

@@ -222,6 +222,23 @@ TEST_P(JailTest, MainGuardDoesNotCallMainTwice) {
     EXPECT_EQ(outcome.stdout_bytes, "main called\n");
 }
 
+TEST_P(JailTest, ANestingTooDeepToCompileIsAnInvalidScript) {
+    const Outcome outcome = run_file("deeply_nested.py");
+    EXPECT_EQ(outcome.status, Status::invalid_script) << outcome.error;
+    EXPECT_TRUE(contains(outcome.error, "nested too deeply")) << outcome.error;
+}
+
+TEST_P(JailTest, TheResultCapCountsOnlyTheResult) {
+    Limits limits;
+    limits.result_bytes = 16;
+    const Outcome exact = run_source("def main():\n    return [11111111111111]\n", limits);  // 16 bytes
+    EXPECT_EQ(exact.status, Status::ok) << exact.error;
+    const Outcome over = run_source("def main():\n    return [111111111111111]\n", limits);  // 17 bytes
+    EXPECT_EQ(over.status, Status::output_limit) << over.error;
+    const Outcome raised = run_source("def main():\n    raise ValueError('x' * 100)\n", limits);
+    EXPECT_EQ(raised.status, Status::script_error) << raised.error;
+}
+
 TEST_P(JailTest, SyntaxErrorNamesTheLine) {
     const Outcome outcome = run_file("syntax_error.py");
     EXPECT_EQ(outcome.status, Status::invalid_script);
@@ -550,6 +567,8 @@ TEST_P(JailTest, ARunSeesOnlyItsOwnProcesses) {
     const bool bwrap_cold = jail() == JailKind::bwrap && !GetParam().warm;
     EXPECT_TRUE(contains(outcome.result_json, bwrap_cold ? R"("pids": ["1", "2"])" : R"("pids": ["1"])"))
         << outcome.result_json;
+    // Its own cgroup namespace: no host path, pid or run counter shows.
+    EXPECT_TRUE(contains(outcome.result_json, R"("cgroup_paths": ["/"])")) << outcome.result_json;
 }
 
 TEST_P(JailTest, ConcurrentRunsAreAllAnsweredCorrectly) {
