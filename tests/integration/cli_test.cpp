@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -114,6 +115,44 @@ TEST(Cli, CheckDoesNotExecuteTheScript) {
     const CliResult result = run_cli("check --jail bwrap -", "print('executed')\nraise SystemExit(5)\ndef main():\n    pass\n");
     EXPECT_EQ(result.exit_code, 0) << result.out << result.err;
     EXPECT_EQ(result.out.find("executed"), std::string::npos);
+}
+
+// Without root there is no cgroup to create: memory and processes fall back
+// to rlimits, and the outcome says so.
+TEST(Cli, WithoutACgroupRlimitsStillEnforceMemoryAndProcesses) {
+    if (geteuid() != 0) {
+        GTEST_SKIP() << "needs root to switch to an unprivileged uid for this test";
+    }
+    // The build tree may not be reachable by uid 65534 (a checkout under
+    // /root): run a copy of the binary and the scripts from a world-readable place.
+    char dir_template[] = "/tmp/safepy-nobody-XXXXXX";
+    const std::string dir = mkdtemp(dir_template);
+    chmod(dir.c_str(), 0755);
+    const std::string copy = "cp " + std::string(SAFEPY_CLI_PATH) + " " + SAFEPY_SCRIPTS_DIR + "/memory_bomb.py " +
+                             SAFEPY_SCRIPTS_DIR + "/fork_bomb.py " + dir + " && chmod -R a+rX " + dir;
+    ASSERT_EQ(std::system(copy.c_str()), 0);
+    auto run_as_nobody = [&dir](const std::string& args) {
+        const std::string command = "cd " + dir + " && setpriv --reuid=65534 --regid=65534 --clear-groups ./safepy " +
+                                    args + " < /dev/null > " + dir + "/out 2> " + dir + "/err";
+        const int status = std::system(command.c_str());
+        CliResult result;
+        result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        result.out = slurp(dir + "/out");
+        result.err = slurp(dir + "/err");
+        return result;
+    };
+    const CliResult doctor = run_as_nobody("doctor --jail bwrap");
+    EXPECT_EQ(doctor.exit_code, 0) << doctor.out << doctor.err;
+    EXPECT_NE(doctor.out.find("resource control: rlimits-only"), std::string::npos) << doctor.out;
+    const CliResult memory = run_as_nobody("run --jail bwrap --details --memory-bytes 256M memory_bomb.py");
+    EXPECT_EQ(memory.exit_code, 1) << memory.err;
+    EXPECT_NE(memory.out.find("\"status\": \"memory_limit\""), std::string::npos) << memory.out.substr(0, 300);
+    EXPECT_NE(memory.out.find("\"resource_control\":\"rlimits-only\""), std::string::npos) << memory.out.substr(0, 300);
+    const CliResult fork = run_as_nobody("run --jail bwrap --processes 16 --wall-ms 5000 fork_bomb.py");
+    EXPECT_EQ(fork.exit_code, 1) << fork.err;
+    EXPECT_NE(fork.out.find("\"status\": \"script_error\""), std::string::npos) << fork.out.substr(0, 300);
+    EXPECT_NE(fork.out.find("Resource temporarily unavailable"), std::string::npos) << fork.out.substr(0, 300);
+    std::system(("rm -rf " + dir).c_str());
 }
 
 TEST(Cli, DoctorReportsJailCgroupsAndVersions) {
