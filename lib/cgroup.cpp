@@ -10,6 +10,7 @@
 #include <sstream>
 #include <sys/stat.h>
 #include <thread>
+#include <ctime>
 #include <unistd.h>
 
 namespace safepy {
@@ -157,28 +158,34 @@ void remove_dir(const std::string& dir, CgroupVersion version) {
     }
 }
 
-// Runs are named run-<supervisor pid>-<counter>: remove those whose
-// supervisor is gone (killed before it could clean up).
-void sweep_stale(const std::string& base, CgroupVersion version) {
+// Runs are named run-<supervisor pid>-<counter>. A supervisor that was killed
+// leaves its directories behind (its jails die with it: PR_SET_PDEATHSIG).
+// Remove those that are empty and older than a minute. Never kill here: the
+// owner pid may live in another PID namespace (another container sharing a
+// v1 hierarchy), where it only looks dead.
+void sweep_stale(const std::string& base) {
     DIR* dir = opendir(base.c_str());
     if (!dir) {
         return;
     }
     std::vector<std::string> stale;
+    const time_t now = time(nullptr);
     while (dirent* entry = readdir(dir)) {
         const std::string name = entry->d_name;
         if (name.rfind("run-", 0) != 0) {
             continue;
         }
         const pid_t owner = static_cast<pid_t>(std::strtol(name.c_str() + 4, nullptr, 10));
-        if (owner > 0 && owner != getpid() && kill(owner, 0) != 0 && errno == ESRCH) {
-            stale.push_back(base + "/" + name);
+        struct stat info {};
+        const std::string path = base + "/" + name;
+        if (owner > 0 && owner != getpid() && kill(owner, 0) != 0 && errno == ESRCH &&
+            stat(path.c_str(), &info) == 0 && now - info.st_mtime > 60) {
+            stale.push_back(path);
         }
     }
     closedir(dir);
     for (const auto& path : stale) {
-        kill_members(path, version);
-        remove_dir(path, version);
+        rmdir(path.c_str());  // EBUSY when processes are still in it: left alone
     }
 }
 
@@ -327,7 +334,7 @@ Cgroups Cgroups::detect(std::string& note) {
         if (mount.type == "cgroup2" && mount.point == "/sys/fs/cgroup" && prepare_v2(mount.point, base, note)) {
             cgroups.m_version = CgroupVersion::v2;
             cgroups.m_bases = {base};
-            sweep_stale(base, CgroupVersion::v2);
+            sweep_stale(base);
             return cgroups;
         }
     }
@@ -345,7 +352,7 @@ Cgroups Cgroups::detect(std::string& note) {
         cgroups.m_bases.push_back(cpu);
     }
     for (const auto& base : cgroups.m_bases) {
-        sweep_stale(base, CgroupVersion::v1);
+        sweep_stale(base);
     }
     note.clear();
     return cgroups;

@@ -117,9 +117,9 @@ TEST(Cli, CheckDoesNotExecuteTheScript) {
     EXPECT_EQ(result.out.find("executed"), std::string::npos);
 }
 
-// Without root there is no cgroup to create: memory and processes fall back
-// to rlimits, and the outcome says so.
-TEST(Cli, WithoutACgroupRlimitsStillEnforceMemoryAndProcesses) {
+// Without root there is no cgroup to create: memory falls back to RLIMIT_AS,
+// and the outcome says so.
+TEST(Cli, WithoutACgroupRlimitsStillEnforceMemory) {
     if (geteuid() != 0) {
         GTEST_SKIP() << "needs root to switch to an unprivileged uid for this test";
     }
@@ -128,8 +128,7 @@ TEST(Cli, WithoutACgroupRlimitsStillEnforceMemoryAndProcesses) {
     char dir_template[] = "/tmp/safepy-nobody-XXXXXX";
     const std::string dir = mkdtemp(dir_template);
     chmod(dir.c_str(), 0755);
-    const std::string copy = "cp " + std::string(SAFEPY_CLI_PATH) + " " + SAFEPY_SCRIPTS_DIR + "/memory_bomb.py " +
-                             SAFEPY_SCRIPTS_DIR + "/fork_bomb.py " + dir + " && chmod -R a+rX " + dir;
+    const std::string copy = "cp " + std::string(SAFEPY_CLI_PATH) + " " + SAFEPY_SCRIPTS_DIR + "/memory_bomb.py " + dir + " && chmod -R a+rX " + dir;
     ASSERT_EQ(std::system(copy.c_str()), 0);
     auto run_as_nobody = [&dir](const std::string& args) {
         const std::string command = "cd " + dir + " && setpriv --reuid=65534 --regid=65534 --clear-groups ./safepy " +
@@ -148,10 +147,9 @@ TEST(Cli, WithoutACgroupRlimitsStillEnforceMemoryAndProcesses) {
     EXPECT_EQ(memory.exit_code, 1) << memory.err;
     EXPECT_NE(memory.out.find("\"status\": \"memory_limit\""), std::string::npos) << memory.out.substr(0, 300);
     EXPECT_NE(memory.out.find("\"resource_control\":\"rlimits-only\""), std::string::npos) << memory.out.substr(0, 300);
-    const CliResult fork = run_as_nobody("run --jail bwrap --processes 16 --wall-ms 5000 fork_bomb.py");
-    EXPECT_EQ(fork.exit_code, 1) << fork.err;
-    EXPECT_NE(fork.out.find("\"status\": \"script_error\""), std::string::npos) << fork.out.substr(0, 300);
-    EXPECT_NE(fork.out.find("Resource temporarily unavailable"), std::string::npos) << fork.out.substr(0, 300);
+    // No fork bomb here: without a cgroup, RLIMIT_NPROC is one budget for
+    // every process of uid 65534 on the host (the README's known limitations),
+    // so a bomb would starve the other tests' sandboxes.
     std::system(("rm -rf " + dir).c_str());
 }
 

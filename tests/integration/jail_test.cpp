@@ -34,6 +34,23 @@ bool contains(const std::string& haystack, const std::string& needle) {
     return haystack.find(needle) != std::string::npos;
 }
 
+// A /proc file's contents; empty when the process is gone (reads of a dying
+// process fail with ESRCH, which std::ifstream turns into an exception).
+std::string read_proc_file(const std::string& path) {
+    std::string text;
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return text;
+    }
+    char buffer[4096];
+    ssize_t n;
+    while ((n = read(fd, buffer, sizeof buffer)) > 0) {
+        text.append(buffer, static_cast<std::size_t>(n));
+    }
+    close(fd);
+    return text;
+}
+
 // Every process on the host whose command line contains `token`.
 int host_processes_with(const std::string& token) {
     int count = 0;
@@ -42,9 +59,7 @@ int host_processes_with(const std::string& token) {
         if (entry->d_name[0] < '0' || entry->d_name[0] > '9') {
             continue;
         }
-        std::ifstream in(std::string("/proc/") + entry->d_name + "/cmdline", std::ios::binary);
-        std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        count += contains(cmdline, token) ? 1 : 0;
+        count += contains(read_proc_file(std::string("/proc/") + entry->d_name + "/cmdline"), token) ? 1 : 0;
     }
     if (proc) {
         closedir(proc);
@@ -597,10 +612,7 @@ TEST_P(JailTest, ConcurrentRunsAreAllAnsweredCorrectly) {
 // their command line and a parent that is not Python (the template, not its
 // children), started through a process whose argv[0] ends with `jail`.
 std::vector<pid_t> own_descendants_with(const std::string& token, const std::string& jail) {
-    auto read = [](const std::string& path) {
-        std::ifstream in(path, std::ios::binary);
-        return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    };
+    auto read = [](const std::string& path) { return read_proc_file(path); };
     auto parent_of = [&read](pid_t pid) {
         const std::string status = read("/proc/" + std::to_string(pid) + "/status");
         const auto at = status.find("PPid:");
