@@ -77,6 +77,17 @@ void Metrics::count_refused_connection() {
     ++m_refused_connections;
 }
 
+std::size_t resident_bytes() {
+    std::FILE* statm = std::fopen("/proc/self/statm", "r");
+    if (!statm) {
+        return 0;
+    }
+    unsigned long size = 0, resident = 0;
+    const bool ok = std::fscanf(statm, "%lu %lu", &size, &resident) == 2;
+    std::fclose(statm);
+    return ok ? resident * static_cast<std::size_t>(sysconf(_SC_PAGESIZE)) : 0;
+}
+
 std::string Metrics::render(const Gauges& gauges) const {
     std::string out;
     {
@@ -104,6 +115,8 @@ std::string Metrics::render(const Gauges& gauges) const {
     gauge(out, "safepy_execution_slots", "Runs allowed at once.", gauges.slots);
     gauge(out, "safepy_queue_capacity", "Requests allowed to wait for a slot.", gauges.queue_length);
     gauge(out, "safepy_connections_open", "HTTP connections being served.", gauges.connections);
+    gauge(out, "safepy_server_resident_bytes", "Resident memory of the server process (jails not included).",
+          gauges.resident_bytes);
     return out;
 }
 

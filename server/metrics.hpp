@@ -40,7 +40,11 @@ struct Gauges {
     std::size_t slots = 0;
     std::size_t queue_length = 0;
     std::size_t connections = 0;
+    std::size_t resident_bytes = 0;  // the server process's RSS
 };
+
+// This process's resident set size from /proc/self/statm; 0 if unreadable.
+std::size_t resident_bytes();
 
 class Metrics {
 public:

@@ -198,6 +198,7 @@ void Server::Impl::configure() {
         gauges.slots = admission.slots();
         gauges.queue_length = admission.queue_length();
         gauges.connections = connections.load();
+        gauges.resident_bytes = resident_bytes();
         res.status = 200;
         res.set_content(metrics.render(gauges), "text/plain; version=0.0.4; charset=utf-8");
     });

@@ -843,6 +843,12 @@ TEST_F(ServerTest, MetricsCountWhatHappened) {
         EXPECT_NE(text.find(std::string("\n") + line + "\n"), std::string::npos) << line << "\n" << text;
     }
     EXPECT_EQ(text.find("safepy_http_requests_total{code=\"500\"}"), std::string::npos);
+    // The server's own memory is reported, and is this process's (the test hosts the server).
+    const auto at = text.find("\nsafepy_server_resident_bytes ");
+    ASSERT_NE(at, std::string::npos) << text;
+    const auto reported = std::stoull(text.substr(at + 30));
+    EXPECT_GT(reported, 1u << 20);
+    EXPECT_LT(reported, resident_bytes() + (64u << 20));
 }
 
 TEST_F(ServerTest, OneLogLinePerRequestWithoutScriptOrOutput) {
