@@ -24,18 +24,24 @@ std::string slurp(const std::string& path) {
     return buffer.str();
 }
 
+// Runs a shell command with its stdout and stderr in DIR/out and DIR/err.
+CliResult run_shell(const std::string& command, const std::string& dir) {
+    const int status = std::system((command + " > " + dir + "/out 2> " + dir + "/err").c_str());
+    CliResult result;
+    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    result.out = slurp(dir + "/out");
+    result.err = slurp(dir + "/err");
+    return result;
+}
+
 // Runs `safepy ARGS` through the shell with `input` on stdin.
 CliResult run_cli(const std::string& args, const std::string& input = "") {
     char dir_template[] = "/tmp/safepy-cli-test-XXXXXX";
     const std::string dir = mkdtemp(dir_template);
     std::ofstream(dir + "/in", std::ios::binary) << input;
-    const std::string command = std::string("cd ") + SAFEPY_SCRIPTS_DIR + " && " + SAFEPY_CLI_PATH + " " + args + " < " +
-                                dir + "/in > " + dir + "/out 2> " + dir + "/err";
-    const int status = std::system(command.c_str());
-    CliResult result;
-    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    result.out = slurp(dir + "/out");
-    result.err = slurp(dir + "/err");
+    const CliResult result = run_shell(std::string("cd ") + SAFEPY_SCRIPTS_DIR + " && " + SAFEPY_CLI_PATH + " " +
+                                           args + " < " + dir + "/in",
+                                       dir);
     std::system(("rm -rf " + dir).c_str());
     return result;
 }
@@ -131,14 +137,9 @@ TEST(Cli, WithoutACgroupRlimitsStillEnforceMemory) {
     const std::string copy = "cp " + std::string(SAFEPY_CLI_PATH) + " " + SAFEPY_SCRIPTS_DIR + "/memory_bomb.py " + dir + " && chmod -R a+rX " + dir;
     ASSERT_EQ(std::system(copy.c_str()), 0);
     auto run_as_nobody = [&dir](const std::string& args) {
-        const std::string command = "cd " + dir + " && setpriv --reuid=65534 --regid=65534 --clear-groups ./safepy " +
-                                    args + " < /dev/null > " + dir + "/out 2> " + dir + "/err";
-        const int status = std::system(command.c_str());
-        CliResult result;
-        result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        result.out = slurp(dir + "/out");
-        result.err = slurp(dir + "/err");
-        return result;
+        return run_shell("cd " + dir + " && setpriv --reuid=65534 --regid=65534 --clear-groups ./safepy " + args +
+                             " < /dev/null",
+                         dir);
     };
     const CliResult doctor = run_as_nobody("doctor --jail bwrap");
     EXPECT_EQ(doctor.exit_code, 0) << doctor.out << doctor.err;
