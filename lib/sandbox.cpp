@@ -139,7 +139,6 @@ WarmSettings warm_settings(const Sandbox::Impl& impl) {
     // The template's hard limits bound every child's: the operator's maxima.
     plan.limits = impl.config.maxima;
     plan.limits.tmp_bytes = impl.config.defaults.tmp_bytes;
-    settings.template_plan = plan;
     settings.template_spawn = base_spawn(impl, plan);
     settings.template_spawn.script = impl.bpf;  // the children's filter, on the template's script descriptor
     settings.template_spawn.rlimit_memory = false;

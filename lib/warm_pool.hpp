@@ -15,8 +15,7 @@
 namespace safepy {
 
 struct WarmSettings {
-    JailPlan template_plan;       // warm_template set
-    SpawnSpec template_spawn;     // argv filled from template_plan; script = the BPF for the children
+    SpawnSpec template_spawn;     // the template's jail (JailPlan::warm_template); script = the BPF for the children
     const Cgroups* cgroups = nullptr;
     std::size_t pool_size = 2;
     Limits defaults;  // limits a prepared child's cgroup starts with
