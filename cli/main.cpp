@@ -18,6 +18,7 @@ struct Options {
     std::string jail = "auto";
     std::map<std::string, std::string> limits;  // by limit name, as typed
     bool details = false;
+    std::string mode = "cold";
 };
 
 // Reads at most `cap` + 1 bytes, so that an oversized script is reported by
@@ -84,9 +85,14 @@ std::optional<std::string> build_limits(const Options& options, safepy::Limits& 
 std::unique_ptr<safepy::Sandbox> make_sandbox(Options& options) {
     options.config.jail = *safepy::parse_jail(options.jail);
     std::string error;
+    options.config.warm = options.mode == "warm";
+    options.config.warm_pool_size = 1;
     auto sandbox = safepy::Sandbox::create(options.config, error);
     if (!sandbox) {
         std::cerr << "safepy: " << error << "\n";
+    } else if (!sandbox->wait_ready(std::chrono::seconds(30))) {
+        std::cerr << "safepy: the warm template did not start: " << sandbox->diagnostics(false).notes.back() << "\n";
+        return nullptr;
     }
     return sandbox;
 }
@@ -189,6 +195,10 @@ int main(int argc, char** argv) {
     auto* run = app.add_subcommand("run", "run FILE (or - for stdin) and print the JSON envelope");
     run->add_option("file", path, "the script, or - to read it from stdin")->required();
     run->add_flag("--details", options.details, "add \"status\" and \"usage\" (time, memory) to the envelope");
+    run->add_option("--mode", options.mode,
+                    "cold: a fresh jail; warm: through a warm template, as the server runs it (slower for one run)")
+        ->check(CLI::IsMember({"cold", "warm"}))
+        ->capture_default_str();
     add_limit_options(*run, options);
     add_sandbox_options(*run, options);
 

@@ -399,33 +399,32 @@ TEST_P(JailTest, NoProcessOutlivesItsRun) {
 
 TEST_P(JailTest, OnlyStandardDescriptorsAndTheResultChannelAreInherited) {
     // Whatever the calling process holds on low or high descriptors (a file,
-    // a client's socket) must not reach the script.
+    // a client's socket) must not reach the script. Planting them in this
+    // process would clobber descriptors the warm pool's thread owns, so the
+    // caller here is the CLI, started by a shell with a secret on 5, 6, 7, 9, 40.
     char path[] = "/tmp/safepy-secret-XXXXXX";
     const int secret = mkstemp(path);
     ASSERT_GE(secret, 0);
     ASSERT_EQ(write(secret, "hunter2", 7), 7);
-    std::vector<int> planted;
-    for (int fd : {5, 6, 7, 9, 40}) {
-        const int saved = fcntl(fd, F_DUPFD_CLOEXEC, 100);  // keep what the test process had there
-        ASSERT_EQ(dup2(secret, fd), fd);                     // no CLOEXEC: inheritable
-        planted.push_back(saved);
-    }
-    const Outcome outcome = run_file("inherited_fds.py");
-    const int fds[] = {5, 6, 7, 9, 40};
-    for (std::size_t i = 0; i < planted.size(); ++i) {
-        if (planted[i] >= 0) {
-            dup2(planted[i], fds[i]);
-            close(planted[i]);
-        } else {
-            close(fds[i]);
-        }
-    }
     close(secret);
+    const std::string out = std::string(path) + ".out";
+    std::string command = std::string(SAFEPY_CLI_PATH) + " run --jail " + std::string(jail_name(jail())) +
+                          " --mode " + (GetParam().warm ? "warm" : "cold");
+    if (jail() == JailKind::nsjail) {
+        command += " --nsjail " + nsjail_path();
+    }
+    command += " " + std::string(SAFEPY_SCRIPTS_DIR) + "/inherited_fds.py > " + out;
+    for (int fd : {5, 6, 7, 9, 40}) {
+        command += " " + std::to_string(fd) + "<" + path;
+    }
+    const int status = std::system(("bash -c '" + command + "'").c_str());
+    const std::string envelope = read_proc_file(out);
     unlink(path);
-    ASSERT_EQ(outcome.status, Status::ok) << outcome.error << outcome.stderr_bytes;
-    EXPECT_FALSE(contains(outcome.result_json, "hunter2")) << outcome.result_json;
+    unlink(out.c_str());
+    EXPECT_EQ(WEXITSTATUS(status), 0) << envelope;
+    EXPECT_FALSE(contains(envelope, "hunter2")) << envelope;
     // 0, 1, 2, the result channel and the descriptor listdir itself opened.
-    EXPECT_EQ(outcome.result_json, R"({"open": [0, 1, 2, 3, 4], "readable": {}})");
+    EXPECT_EQ(envelope, "{\"result\": {\"open\": [0, 1, 2, 3, 4], \"readable\": {}}, \"stdout\": \"\"}\n");
 }
 
 TEST_P(JailTest, NoNetwork) {
