@@ -9,6 +9,7 @@ namespace {
 
 constexpr std::string_view k_invalid_json = "Execution did not return valid JSON";
 constexpr std::string_view k_no_main = "Script must contain a main() function";
+constexpr std::string_view k_bad_main = "main() must be callable without arguments";
 
 std::string tail(const std::string& text, std::size_t bytes) {
     return text.size() <= bytes ? text : "..." + text.substr(text.size() - bytes);
@@ -34,7 +35,10 @@ Verdict from_record(const Evidence& evidence, int exit_code) {
     if (kind == "no_main") {
         return {Status::invalid_script, std::string(k_no_main), ""};
     }
-    if (kind == "syntax_error" || kind == "bad_main") {
+    if (kind == "bad_main") {
+        return {Status::invalid_script, std::string(k_bad_main), ""};
+    }
+    if (kind == "syntax_error") {
         return {Status::invalid_script, report.body, ""};
     }
     if (kind == "invalid_result") {
@@ -51,7 +55,26 @@ Verdict from_record(const Evidence& evidence, int exit_code) {
 
 }  // namespace
 
-RunnerReport parse_runner_report(const std::string& channel) {
+namespace {
+
+// Which records the runner can send in each phase.
+bool record_fits_phase(const std::string& kind, const RunnerReport& report, Mode mode) {
+    if (!report.compiled) {
+        return kind == "syntax_error";
+    }
+    if (mode == Mode::check) {
+        return !report.main_found && (kind == "ok" || kind == "no_main");
+    }
+    if (!report.main_found) {
+        // The module's own code ran: it may fail, exit or run out of memory.
+        return kind == "no_main" || kind == "bad_main" || kind == "exception" || kind == "exit" || kind == "memory";
+    }
+    return kind == "ok" || kind == "invalid_result" || kind == "exception" || kind == "exit" || kind == "memory";
+}
+
+}  // namespace
+
+RunnerReport parse_runner_report(const std::string& channel, Mode mode) {
     RunnerReport report;
     if (channel.empty()) {
         return report;
@@ -61,22 +84,26 @@ RunnerReport parse_runner_report(const std::string& channel) {
         return report;
     }
     report.started = true;
-    if (channel.size() == 1) {
+    std::size_t at = 1;
+    if (at < channel.size() && channel[at] == 'C') {
+        report.compiled = true;
+        ++at;
+        if (at < channel.size() && channel[at] == 'M') {
+            report.main_found = mode == Mode::run;
+            report.malformed = mode != Mode::run;
+            ++at;
+        }
+    }
+    if (at == channel.size() || report.malformed) {
         return report;
     }
-    const auto newline = channel.find('\n');
-    if (channel[1] != 'R' || newline == std::string::npos) {
+    const auto newline = channel.find('\n', at);
+    if (channel[at] != 'R' || newline == std::string::npos) {
         report.malformed = true;
         return report;
     }
-    std::string kind = channel.substr(2, newline - 2);
-    static const char* const k_kinds[] = {"ok",        "syntax_error", "no_main", "bad_main",
-                                          "exception", "exit",         "memory",  "invalid_result"};
-    bool known = false;
-    for (const char* name : k_kinds) {
-        known = known || kind == name;
-    }
-    if (!known) {
+    std::string kind = channel.substr(at + 1, newline - at - 1);
+    if (!record_fits_phase(kind, report, mode)) {
         report.malformed = true;
         return report;
     }
@@ -120,7 +147,11 @@ Verdict classify(const Evidence& evidence) {
     const bool signalled = WIFSIGNALED(evidence.wait_status);
     const int exit_code = WIFEXITED(evidence.wait_status) ? WEXITSTATUS(evidence.wait_status) : -1;
     const int jail_signal = signalled ? WTERMSIG(evidence.wait_status) : (exit_code > 128 ? exit_code - 128 : 0);
-    const bool cpu_signal = jail_signal == SIGXCPU || (jail_signal == SIGKILL && evidence.cpu >= limits.cpu);
+    // Either signal is only a CPU timeout with CPU time to show for it: a
+    // script can send itself SIGXCPU. On a busy VM the kernel's rlimit clock
+    // runs ahead of the cgroup's and rusage's accounting (seen: SIGXCPU at a
+    // 1 s limit with 0.7 s accounted), so half the limit is the evidence.
+    const bool cpu_signal = (jail_signal == SIGXCPU || jail_signal == SIGKILL) && evidence.cpu * 2 >= limits.cpu;
     if (evidence.cpu_timeout || (evidence.report.started && cpu_signal && !evidence.report.kind)) {
         return {Status::timeout, "Execution timed out: CPU time limit of " + std::to_string(limits.cpu.count()) +
                                      " ms exceeded", ""};
@@ -137,7 +168,7 @@ Verdict classify(const Evidence& evidence) {
     }
     // From here on the script had the channel: anything odd on it is its doing.
     if (evidence.report.malformed) {
-        return {Status::script_error, "Script wrote to safepy's result channel", ""};
+        return {Status::script_error, "The result channel was tampered with: the script wrote to safepy's result channel", ""};
     }
     if (evidence.report.kind) {
         return from_record(evidence, signalled ? 128 + WTERMSIG(evidence.wait_status) : exit_code);

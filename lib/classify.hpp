@@ -8,16 +8,22 @@
 
 namespace safepy {
 
-// What the runner reported on the result channel (see runner.py).
+// What the runner reported on the result channel (see runner.py). The runner
+// marks its phases before any of the script's code can run: "C" once the
+// script compiled, "M" once main() was found, so a record that belongs to an
+// earlier phase (a syntax error after "C") can only be the script's forgery.
 struct RunnerReport {
     bool started = false;         // the "S" marker arrived: the jail worked
+    bool compiled = false;        // "C": the script compiled (check mode: and was parsed)
+    bool main_found = false;      // "M": main() exists and takes no arguments; it is called next
     std::optional<std::string> kind;  // the final record's kind, when one arrived
     std::string body;             // its body
-    bool malformed = false;       // bytes that the runner would never write
+    bool malformed = false;       // bytes that the runner would never write, or a record out of phase
 };
 
-// Splits the raw result channel into a report.
-RunnerReport parse_runner_report(const std::string& channel);
+// Splits the raw result channel into a report; `mode` decides which records
+// each phase may end with.
+RunnerReport parse_runner_report(const std::string& channel, Mode mode = Mode::run);
 
 struct Evidence {
     std::string spawn_error;      // the jail could not be started at all

@@ -8,35 +8,55 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/value.hpp>
 
+#include <unordered_set>
+
 namespace safepy {
 namespace {
 
 namespace json = boost::json;
 
-// Accepts everything; basic_parser does the syntax, depth and UTF-8 checks.
+// basic_parser does the syntax, depth and UTF-8 checks; the handler adds
+// what strict JSON leaves open: a key may appear once per object (Python
+// writes {1: "a", "1": "b"} as two "1" keys).
 struct ValidatingHandler {
     constexpr static std::size_t max_object_size = std::size_t(-1);
     constexpr static std::size_t max_array_size = std::size_t(-1);
     constexpr static std::size_t max_key_size = std::size_t(-1);
     constexpr static std::size_t max_string_size = std::size_t(-1);
 
-    int depth = 0;
+    // One entry per open container: the keys seen so far (arrays have none).
+    std::vector<std::unordered_set<std::string>> keys;
+    std::string key;  // the key being read, in parts
     bool top_is_container = false;
+    std::optional<std::string> duplicate;
 
     bool begin_container() {
-        if (depth++ == 0) {
+        if (keys.empty()) {
             top_is_container = true;
         }
+        keys.emplace_back();
         return true;
     }
     bool on_document_begin(json::error_code&) { return true; }
     bool on_document_end(json::error_code&) { return true; }
     bool on_object_begin(json::error_code&) { return begin_container(); }
-    bool on_object_end(std::size_t, json::error_code&) { return --depth, true; }
+    bool on_object_end(std::size_t, json::error_code&) { return keys.pop_back(), true; }
     bool on_array_begin(json::error_code&) { return begin_container(); }
-    bool on_array_end(std::size_t, json::error_code&) { return --depth, true; }
-    bool on_key_part(json::string_view, std::size_t, json::error_code&) { return true; }
-    bool on_key(json::string_view, std::size_t, json::error_code&) { return true; }
+    bool on_array_end(std::size_t, json::error_code&) { return keys.pop_back(), true; }
+    bool on_key_part(json::string_view part, std::size_t, json::error_code&) {
+        key.append(part.data(), part.size());
+        return true;
+    }
+    bool on_key(json::string_view part, std::size_t, json::error_code& error) {
+        key.append(part.data(), part.size());
+        if (!keys.back().insert(std::move(key)).second) {
+            duplicate = std::move(key);
+            error = json::make_error_code(json::error::syntax);
+            return false;
+        }
+        key.clear();
+        return true;
+    }
     bool on_string_part(json::string_view, std::size_t, json::error_code&) { return true; }
     bool on_string(json::string_view, std::size_t, json::error_code&) { return true; }
     bool on_number_part(json::string_view, json::error_code&) { return true; }
@@ -69,6 +89,10 @@ std::optional<std::string> validate_result_json(std::string_view text, std::size
     json::basic_parser<ValidatingHandler> parser(options);
     json::error_code error;
     const std::size_t used = parser.write_some(false, text.data(), text.size(), error);
+    if (const auto& duplicate = parser.handler().duplicate) {
+        const std::string shown = duplicate->size() > 200 ? duplicate->substr(0, 200) + "..." : *duplicate;
+        return "duplicate key " + json_string(repair_utf8(shown)) + " in an object";
+    }
     if (error) {
         return "invalid JSON at byte " + std::to_string(used) + " (" + error.message() + ")";
     }

@@ -3,7 +3,15 @@
 # inside the jail. MODE is "run" or "check". The script's source arrives on
 # SCRIPT_FD; the outcome leaves on RESULT_FD, never on stdout:
 #   b"S"                         written first: the jail worked and Python started
+#   b"C"                         the script compiled (check mode: and parsed);
+#                                no code of the script has run before this
+#   b"M"                         run mode: main() was found and takes no
+#                                arguments; it is called next
 #   b"R" KIND b"\n" BODY         written once at the end
+# The host accepts a record only in the phase the runner sends it in
+# (syntax_error before "C", no_main and bad_main before "M", ok and
+# invalid_result after it), so a script writing on the descriptor cannot pass
+# its failure off as an earlier one.
 # KIND is one of ok, syntax_error, no_main, bad_main, exception, exit, memory,
 # invalid_result; BODY is the result's JSON text for ok, else a message.
 # Everything this file needs is bound before the script runs, so a script that
@@ -53,6 +61,12 @@ def _safepy_runner():
         if is_instance(body, str):
             body = body.encode("utf-8", "backslashreplace")
         write_all(result_fd, b"R" + kind.encode("ascii") + b"\n" + body)
+
+    def mark(phase):
+        # A copy the script forked at import time comes back here too: only the
+        # original marks its phases.
+        if get_pid() == runner_pid:
+            write(result_fd, phase)
 
     def flush_output():
         # The script may have replaced sys.stdout; flush both its object and
@@ -128,8 +142,11 @@ def _safepy_runner():
         except (RecursionError, MemoryError, SyntaxError, ValueError):
             send("syntax_error", "SyntaxError: the script is nested too deeply to check")
             return
+        mark(b"C")
         send("ok" if found else "no_main", "{}")
         return
+
+    mark(b"C")
 
     text = source.decode("utf-8", "replace")
     linecache.cache["script.py"] = (len(text), None, text.splitlines(True), "script.py")
@@ -156,6 +173,7 @@ def _safepy_runner():
     except ValueError:
         pass
 
+    mark(b"M")
     try:
         value = main()
     except BaseException as error:

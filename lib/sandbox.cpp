@@ -163,7 +163,7 @@ Outcome conclude(const Sandbox::Impl& impl, const Request& request, const SpawnR
     evidence.oom_kills = usage.oom_kills;
     evidence.wait_status = spawned.wait_status;
     evidence.cpu = usage.has_cpu ? std::chrono::milliseconds(usage.cpu_microseconds / 1000) : spawned.cpu;
-    evidence.report = parse_runner_report(spawned.result_bytes);
+    evidence.report = parse_runner_report(spawned.result_bytes, request.mode);
     if (evidence.report.kind && *evidence.report.kind == "ok") {
         if (evidence.report.body.size() > request.limits.result_bytes) {
             evidence.result_over = true;

@@ -171,7 +171,7 @@ ChildPlan make_child_plan(const SpawnSpec& spec) {
         plan.resources.push_back(resource);
         plan.limits.push_back({soft, hard});
     };
-    const auto cpu_seconds = static_cast<rlim_t>((spec.limits.cpu.count() + 999) / 1000);
+    const auto cpu_seconds = static_cast<rlim_t>(rlimit_cpu_seconds(spec.limits, !spec.rlimit_memory));
     // Soft limit: SIGXCPU, which the classifier reads as a CPU timeout; the
     // hard limit one second later is the backstop.
     if (spec.unlimited_cpu) {

@@ -47,6 +47,13 @@ struct Job {
     std::function<bool(int& status, rusage& usage)> reap;
 };
 
+// RLIMIT_CPU's soft limit for a run. With a cgroup the library's own CPU
+// accounting ends the run at the limit and the rlimit is a backstop a second
+// later; without one the rlimit is the limit.
+inline std::uint64_t rlimit_cpu_seconds(const Limits& limits, bool cgroup_accounting) {
+    return static_cast<std::uint64_t>((limits.cpu.count() + 999) / 1000) + (cgroup_accounting ? 1 : 0);
+}
+
 // Starts the jail; on failure returns a job with pid -1 and sets `error`.
 Job start_jail(const SpawnSpec& spec, std::string& error);
 

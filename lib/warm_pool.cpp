@@ -96,7 +96,7 @@ std::string run_header(const Request& request, bool rlimit_memory) {
     const Limits& limits = request.limits;
     return "run {\"mode\": \"" + std::string(request.mode == Mode::check ? "check" : "run") +
            "\", \"tmp_bytes\": " + std::to_string(limits.tmp_bytes) +
-           ", \"cpu_seconds\": " + std::to_string((limits.cpu.count() + 999) / 1000) +
+           ", \"cpu_seconds\": " + std::to_string(rlimit_cpu_seconds(limits, !rlimit_memory)) +
            ", \"file_bytes\": " + std::to_string(limits.file_bytes) +
            ", \"open_files\": " + std::to_string(limits.open_files) +
            ", \"memory_bytes\": " + std::to_string(limits.memory_bytes) +

@@ -191,7 +191,7 @@ TEST_P(JailTest, JsonEdgeCasesSurviveExactly) {
 
 TEST_P(JailTest, NonJsonResultsAreRejectedWithTheContractText) {
     for (const char* name : {"returns_nan.py", "returns_string.py", "returns_none.py", "returns_set.py",
-                             "returns_datetime.py", "returns_bytes.py", "returns_deep.py"}) {
+                             "returns_datetime.py", "returns_bytes.py", "returns_deep.py", "returns_duplicate_keys.py"}) {
         const Outcome outcome = run_file(name);
         EXPECT_EQ(outcome.status, Status::invalid_result) << name << ": " << outcome.error;
         EXPECT_EQ(outcome.error.rfind("Execution did not return valid JSON", 0), 0u) << name << ": " << outcome.error;
@@ -363,6 +363,20 @@ TEST_P(JailTest, WritingTheProtocolOnTheChannelIsNotASuccess) {
     EXPECT_TRUE(forged.result_json.empty());
     const Outcome closed = run_file("close_channel.py");
     EXPECT_EQ(closed.status, Status::script_error) << closed.error;
+}
+
+TEST_P(JailTest, ARecordOutOfPhaseIsTamperingNotTheStatusItNames) {
+    const Outcome outcome = run_file("forge_syntax_error.py");
+    EXPECT_EQ(outcome.status, Status::script_error) << outcome.error;
+    EXPECT_TRUE(contains(outcome.error, "The result channel was tampered with")) << outcome.error;
+    EXPECT_FALSE(contains(outcome.error, "forged by the script")) << outcome.error;
+}
+
+TEST_P(JailTest, ASelfSentSigxcpuIsNotACpuTimeout) {
+    const Outcome outcome = run_file("self_sigxcpu.py");
+    EXPECT_NE(outcome.status, Status::timeout) << outcome.error;
+    EXPECT_LT(outcome.usage.cpu, Limits{}.cpu);
+    expect_bounded();
 }
 
 // isolation between runs

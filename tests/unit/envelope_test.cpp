@@ -35,6 +35,19 @@ TEST(ResultJson, RejectsScalarsAndNonStrictJson) {
     EXPECT_NE(validate_result_json("[\"\xff\"]"), std::nullopt);  // invalid UTF-8 in a string
 }
 
+TEST(ResultJson, RejectsDuplicateKeysInAnyObject) {
+    // Python serialises {1: "a", "1": "b"} with two "1" keys.
+    const auto top = validate_result_json(R"({"1": "a", "1": "b"})");
+    ASSERT_NE(top, std::nullopt);
+    EXPECT_NE(top->find("duplicate key \"1\""), std::string::npos) << *top;
+    EXPECT_NE(validate_result_json(R"([{"x": 1}, {"a": {"k": 1, "j": 2, "k": 3}}])"), std::nullopt);
+    // Escapes are compared decoded: "\u0061" is "a".
+    EXPECT_NE(validate_result_json(R"({"a": 1, "\u0061": 2})"), std::nullopt);
+    // The same key in sibling or nested objects is fine.
+    EXPECT_EQ(validate_result_json(R"([{"a": 1}, {"a": 2}, {"a": {"a": 3}}])"), std::nullopt);
+    EXPECT_EQ(validate_result_json(R"({"a": 1, "A": 2, "a ": 3})"), std::nullopt);
+}
+
 TEST(ResultJson, EnforcesTheDepthLimit) {
     const auto nested = [](int depth) { return std::string(depth, '[') + std::string(depth, ']'); };
     EXPECT_EQ(validate_result_json(nested(200)), std::nullopt);
