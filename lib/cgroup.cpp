@@ -243,7 +243,23 @@ std::string v1_base(const std::vector<Mount>& mounts, const std::string& control
     return "";
 }
 
+bool host_has_swap() {
+    return read_keyed("/proc/meminfo", "SwapTotal:") > 0;
+}
+
 }  // namespace
+
+std::string Cgroups::swap_note() const {
+    if (m_version == CgroupVersion::none || !host_has_swap()) {
+        return "";
+    }
+    const std::string file = m_version == CgroupVersion::v2 ? "memory.swap.max" : "memory.memsw.limit_in_bytes";
+    if (access((m_bases[0] + "/" + file).c_str(), F_OK) == 0) {
+        return "";
+    }
+    return "the host has swap but the kernel does not account it per cgroup (no " + file +
+           "): a run's memory limit does not cover swap";
+}
 
 RunCgroup::~RunCgroup() {
     for (int fd : m_join_fds) {
@@ -272,22 +288,24 @@ bool RunCgroup::set_limits(const Limits& limits, std::string& error) const {
     const std::string memory = std::to_string(limits.memory_bytes);
     const std::string pids = std::to_string(limits.processes);
     bool ok = true;
+    // Where the kernel accounts swap, a run may not use it: a swap write that
+    // fails fails the run rather than leave the memory limit weaker than asked.
     if (m_version == CgroupVersion::v2) {
         const auto& dir = m_dirs[0];
-        ok = write_text(dir + "/memory.max", memory) && write_text(dir + "/pids.max", pids);
-        write_text(dir + "/memory.swap.max", "0");
+        const std::string swap = dir + "/memory.swap.max";
+        ok = write_text(dir + "/memory.max", memory) && write_text(dir + "/pids.max", pids) &&
+             (access(swap.c_str(), F_OK) != 0 || write_text(swap, "0"));
     } else {
         const auto& memory_dir = m_dirs[0];
-        const bool has_memsw = access((memory_dir + "/memory.memsw.limit_in_bytes").c_str(), F_OK) == 0;
-        // memsw must stay >= the memory limit: raise it first when growing.
+        const std::string memsw = memory_dir + "/memory.memsw.limit_in_bytes";
+        const bool has_memsw = access(memsw.c_str(), F_OK) == 0;
+        // memsw must stay >= the memory limit: raise it first when growing
+        // (this first write fails when shrinking; the last one must not).
         if (has_memsw) {
-            write_text(memory_dir + "/memory.memsw.limit_in_bytes", memory);
+            write_text(memsw, memory);
         }
         ok = write_text(memory_dir + "/memory.limit_in_bytes", memory) &&
-             write_text(m_dirs[1] + "/pids.max", pids);
-        if (has_memsw) {
-            write_text(memory_dir + "/memory.memsw.limit_in_bytes", memory);
-        }
+             write_text(m_dirs[1] + "/pids.max", pids) && (!has_memsw || write_text(memsw, memory));
     }
     if (!ok) {
         error = "cannot set the limits of cgroup " + m_dirs[0] + ": " + std::strerror(errno);

@@ -61,6 +61,9 @@ public:
     std::string name() const;   // "cgroup-v2", "cgroup-v1" or "rlimits-only"
     std::string path() const;   // where runs are created
 
+    // Why swap escapes the memory limit (swap on, not accounted); empty when it does not.
+    std::string swap_note() const;
+
     // A new cgroup for one run with the memory and pids limits applied.
     std::unique_ptr<RunCgroup> create(const Limits& limits, std::string& error) const;
 

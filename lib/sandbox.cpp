@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <sys/stat.h>
@@ -185,6 +186,7 @@ Outcome conclude(const Sandbox::Impl& impl, const Request& request, const SpawnR
         outcome.result_json = evidence.report.body;
     }
     outcome.script_started = evidence.report.started;
+    outcome.cancelled = evidence.spawn_error.empty() && evidence.cancelled;
     outcome.stdout_bytes = spawned.stdout_bytes;
     outcome.stderr_bytes = spawned.stderr_bytes;
     outcome.stdout_truncated = spawned.stdout_over;
@@ -256,8 +258,16 @@ std::unique_ptr<Sandbox> Sandbox::create(const Config& config, std::string& erro
     if (!note.empty()) {
         impl->notes.push_back(note);
     }
+    if (const std::string swap = impl->cgroups.swap_note(); !swap.empty()) {
+        impl->notes.push_back(swap);
+    }
     if (impl->cgroups.version() == CgroupVersion::none && config.require_cgroup) {
         error = "A per-run cgroup is required but none can be created: " + note;
+        return nullptr;
+    }
+    if (!pidfd_supported()) {
+        error = std::string("pidfd_open is not available (Linux 5.3 or later is required to watch runs): ") +
+                std::strerror(errno);
         return nullptr;
     }
     if (geteuid() == 0 && config.sandbox_uid == 0) {

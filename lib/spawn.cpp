@@ -281,8 +281,18 @@ Job start_jail(const SpawnSpec& spec, std::string& error) {
         return job;
     }
 
-    job.pid = pid;
+    // A pidfd is the only sign of exit that cannot be fooled: a zombie still
+    // answers kill(pid, 0). Sandbox::create refuses kernels without it.
     job.pidfd.reset(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+    if (!job.pidfd) {
+        error = std::string("pidfd_open failed: ") + std::strerror(errno);
+        kill(-pid, SIGKILL);
+        kill(pid, SIGKILL);
+        int status = 0;
+        waitpid(pid, &status, 0);
+        return job;
+    }
+    job.pid = pid;
     job.out = std::move(out.read);
     job.err = std::move(err.read);
     job.result = std::move(res.read);
@@ -301,8 +311,18 @@ Job start_jail(const SpawnSpec& spec, std::string& error) {
     return job;
 }
 
+bool pidfd_supported() {
+    Fd self(static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0)));
+    return static_cast<bool>(self);
+}
+
 SpawnResult drain_job(Job& job, const DrainSpec& spec) {
     SpawnResult result;
+    if (!job.pidfd) {
+        job.kill();
+        result.spawn_error = "the run has no pidfd: its exit could not be watched";
+        return result;
+    }
     for (const Fd* fd : {&job.out, &job.err, &job.result, &job.log}) {
         if (*fd) {
             fcntl(fd->get(), F_SETFL, O_NONBLOCK);
@@ -332,13 +352,9 @@ SpawnResult drain_job(Job& job, const DrainSpec& spec) {
             }
         }
     };
-    // Without a pidfd, exit is noticed by polling the process.
     auto has_exited = [&job] {
-        if (job.pidfd) {
-            pollfd fd{job.pidfd.get(), POLLIN, 0};
-            return poll(&fd, 1, 0) > 0;
-        }
-        return kill(job.pid, 0) != 0 && errno == ESRCH;
+        pollfd fd{job.pidfd.get(), POLLIN, 0};
+        return poll(&fd, 1, 0) > 0;
     };
 
     for (;;) {
@@ -351,7 +367,7 @@ SpawnResult drain_job(Job& job, const DrainSpec& spec) {
                 which[count++] = i;
             }
         }
-        if (!exited && job.pidfd) {
+        if (!exited) {
             fds[count] = {job.pidfd.get(), POLLIN, 0};
             which[count++] = 4;
         }
@@ -372,9 +388,6 @@ SpawnResult drain_job(Job& job, const DrainSpec& spec) {
         auto wait = std::chrono::milliseconds(100);
         if (!exited && !killed) {
             wait = std::min(wait, std::chrono::ceil<std::chrono::milliseconds>(deadline - now));
-        }
-        if (!job.pidfd && !exited) {
-            wait = std::min(wait, std::chrono::milliseconds(5));
         }
         const int ready = poll(fds.data(), count, static_cast<int>(std::max<std::int64_t>(wait.count(), 0)));
         if (ready < 0 && errno != EINTR) {

@@ -39,7 +39,7 @@ struct SpawnSpec {
 // pipes.
 struct Job {
     pid_t pid = -1;
-    Fd pidfd;          // readable when the process exits; may be absent
+    Fd pidfd;          // readable when the process exits; required
     Fd out, err, result, log;
     std::chrono::steady_clock::time_point started;
     std::function<void()> kill;  // ends the process and everything it started
@@ -81,6 +81,9 @@ struct SpawnResult {
     std::chrono::milliseconds cpu{0};
     std::uint64_t max_rss_bytes = 0;
 };
+
+// Whether this kernel gives pidfds (Linux 5.3+), which runs require.
+bool pidfd_supported();
 
 // Reads every pipe of `job` until it exits (or is killed for a limit).
 SpawnResult drain_job(Job& job, const DrainSpec& spec);

@@ -169,9 +169,6 @@ struct WarmPool::Impl {
         if (template_job.pid < 0) {
             return false;
         }
-        if (!template_job.pidfd) {
-            return kill(template_job.pid, 0) == 0;
-        }
         pollfd item{template_job.pidfd.get(), POLLIN, 0};
         return poll(&item, 1, 0) == 0;
     }
@@ -191,9 +188,15 @@ struct WarmPool::Impl {
             control.reset();
         }
         template_cgroup.reset();
-        std::lock_guard lock(mutex);
-        ready.clear();
-        template_up = false;
+        std::deque<std::unique_ptr<Slot>> dropped;
+        {
+            std::lock_guard lock(mutex);
+            dropped.swap(ready);
+            template_up = false;
+        }
+        // Removing their cgroups waits for the kernel: never under the lock
+        // that every request takes.
+        dropped.clear();
     }
 
     bool start_template(std::string& error) {

@@ -386,14 +386,13 @@ void Server::Impl::handle_execute(const httplib::Request& req, httplib::Response
     }
     exchange.holds_slot = true;
     Outcome outcome = sandbox->run(request);
-    const bool cut_short = killing.load();
     metrics.count_execution(outcome.status);
     exchange.outcome = status_name(outcome.status);
     exchange.usage = outcome.usage;
     if (outcome.status == Status::sandbox_error) {
         exchange.detail = outcome.detail;
     }
-    if (cut_short && outcome.status != Status::ok) {
+    if (outcome.cancelled) {
         ++killed;
         exchange.outcome = "killed_at_shutdown";
         exchange.close_after = true;

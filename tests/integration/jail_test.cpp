@@ -379,6 +379,35 @@ TEST_P(JailTest, ASelfSentSigxcpuIsNotACpuTimeout) {
     expect_bounded();
 }
 
+// Only a run cancel_all ended says so: one that timed out by itself keeps its status.
+TEST_P(JailTest, CancelAllEndsRunsInProgressAndSaysSo) {
+    Limits short_wall;
+    short_wall.wall = 300ms;
+    Limits long_wall;
+    long_wall.wall = 20s;
+    auto request = [](const char* name, const Limits& limits) {
+        Request r;
+        r.script = read_script(name);
+        r.limits = limits;
+        return r;
+    };
+    const Request loop = request("infinite_loop.py", short_wall);
+    const Request sleep = request("sleep_forever.py", long_wall);
+    Outcome timed_out, cancelled;
+    std::thread quick([&] { timed_out = m_sandbox->run(loop); });
+    std::thread slow([&] { cancelled = m_sandbox->run(sleep); });
+    quick.join();
+    std::this_thread::sleep_for(500ms);
+    m_sandbox->cancel_all();
+    slow.join();
+    EXPECT_EQ(timed_out.status, Status::timeout) << timed_out.error;
+    EXPECT_FALSE(timed_out.cancelled);
+    EXPECT_EQ(cancelled.status, Status::sandbox_error) << cancelled.error;
+    EXPECT_TRUE(cancelled.cancelled);
+    // Later runs are not affected.
+    EXPECT_EQ(run_file("hello.py").status, Status::ok);
+}
+
 // isolation between runs
 
 TEST_P(JailTest, TmpIsFreshForEveryRun) {

@@ -129,6 +129,7 @@ struct Outcome {
     std::string stdout_bytes;  // raw, possibly invalid UTF-8, at most the stdout cap
     std::string stderr_bytes;
     bool script_started = false;  // Python ran inside the jail: stdout/stderr belong in the envelope
+    bool cancelled = false;       // Sandbox::cancel_all ended it (a sandbox_error); a run that ended on its own never is
     bool stdout_truncated = false;
     bool stderr_truncated = false;
     Usage usage;
