@@ -27,7 +27,9 @@ std::vector<std::string> bwrap_argv(const JailPlan& plan) {
     if (!plan.warm_template) {
         append(argv, {"--disable-userns"});
     }
-    append(argv, {"--die-with-parent", "--new-session", plan.warm_template ? "--cap-add" : "--cap-drop", "ALL",
+    // The runner is pid 1, as under nsjail: no bwrap init beside it whose
+    // memory the script could open through /proc.
+    append(argv, {"--as-pid-1", "--die-with-parent", "--new-session", plan.warm_template ? "--cap-add" : "--cap-drop", "ALL",
                   "--uid", std::to_string(plan.uid), "--gid", std::to_string(plan.gid), "--hostname", "safepy"});
     for (const auto& mount : plan.mounts) {
         switch (mount.kind) {
@@ -42,8 +44,8 @@ std::vector<std::string> bwrap_argv(const JailPlan& plan) {
             break;
         }
     }
-    append(argv, {"--proc", "/proc", "--size", std::to_string(plan.limits.tmp_bytes), "--tmpfs", "/tmp",
-                  "--chdir", "/tmp", "--remount-ro", "/", "--clearenv"});
+    append(argv, {"--proc", "/proc", "--remount-ro", "/proc", "--size", std::to_string(plan.limits.tmp_bytes),
+                  "--tmpfs", "/tmp", "--chdir", "/tmp", "--remount-ro", "/", "--clearenv"});
     for (const auto& entry : sandbox_environment()) {
         const auto equals = entry.find('=');
         append(argv, {"--setenv", entry.substr(0, equals), entry.substr(equals + 1)});

@@ -29,7 +29,8 @@ def _safepy_template():
     CLONE_NEWUSER = 0x10000000
     CLONE_NEWPID = 0x20000000
     CLONE_NEWNET = 0x40000000
-    MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
+    MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 0x1, 0x2, 0x4, 0x8, 0x20, 0x1000
+    MS_REC, MS_PRIVATE = 0x4000, 0x40000
     PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, PR_CAP_AMBIENT = 24, 38, 22, 47
     SECCOMP_MODE_FILTER, PR_CAP_AMBIENT_CLEAR_ALL = 2, 4
 
@@ -118,6 +119,11 @@ def _safepy_template():
             f.write("%d %d 1" % (uid, uid))
         with open("/proc/self/gid_map", "w") as f:
             f.write("%d %d 1" % (gid, gid))
+        # /proc read-only from here on: a mount namespace of the new user
+        # namespace may add MS_RDONLY to the mount it inherited.
+        check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        check(libc.mount(None, b"/proc", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                         None), "mount -o remount,ro /proc")
         drop_capabilities()
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)

@@ -509,6 +509,18 @@ TEST_P(JailTest, NoPrivilegesAndAnUnprivilegedHostUid) {
     }
 }
 
+// The runner is pid 1 of its namespace (no writable jail init beside it) and
+// /proc is read-only, under both jails and in warm children.
+TEST_P(JailTest, TheRunnerIsPidOneAndProcIsReadOnly) {
+    const Outcome outcome = run_file("proc_readonly.py");
+    ASSERT_EQ(outcome.status, Status::ok) << outcome.error << outcome.stderr_bytes;
+    const std::string& r = outcome.result_json;
+    EXPECT_TRUE(contains(r, R"("pid": 1)")) << r;
+    EXPECT_TRUE(contains(r, R"("mem": "EROFS")")) << r;
+    EXPECT_TRUE(contains(r, R"("comm": "EROFS")")) << r;
+    EXPECT_TRUE(contains(r, R"("proc_mount": "ro")")) << r;
+}
+
 TEST_P(JailTest, InfiniteLoopTimesOut) {
     const Limits limits = short_limits();
     const Outcome outcome = run_file("infinite_loop.py", limits);
@@ -624,10 +636,8 @@ TEST_P(JailTest, NothingOfOneRunReachesTheNext) {
 TEST_P(JailTest, ARunSeesOnlyItsOwnProcesses) {
     const Outcome outcome = run_file("leak_probe.py");
     ASSERT_EQ(outcome.status, Status::ok) << outcome.error;
-    // The script is pid 1 (nsjail, warm) or 2 under bwrap's init; nothing else.
-    const bool bwrap_cold = jail() == JailKind::bwrap && !GetParam().warm;
-    EXPECT_TRUE(contains(outcome.result_json, bwrap_cold ? R"("pids": ["1", "2"])" : R"("pids": ["1"])"))
-        << outcome.result_json;
+    // The script is pid 1 under every jail and mode; nothing else is there.
+    EXPECT_TRUE(contains(outcome.result_json, R"("pids": ["1"])")) << outcome.result_json;
     // Its own cgroup namespace: no host path, pid or run counter shows.
     EXPECT_TRUE(contains(outcome.result_json, R"("cgroup_paths": ["/"])")) << outcome.result_json;
 }

@@ -24,13 +24,13 @@ const std::vector<std::string> k_environment_bwrap = {
 
 TEST(JailCommand, BwrapGolden) {
     std::vector<std::string> expected = {
-        "/usr/bin/bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+        "/usr/bin/bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--as-pid-1", "--die-with-parent",
         "--new-session", "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534", "--hostname", "safepy",
         "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
         "--symlink", "usr/bin", "/bin", "--ro-bind", "/etc/alternatives", "/etc/alternatives",
         "--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache", "--dev-bind", "/dev/null", "/dev/null",
         "--dev-bind", "/dev/zero", "/dev/zero", "--dev-bind", "/dev/urandom", "/dev/urandom",
-        "--symlink", "/tmp", "/dev/shm", "--proc", "/proc", "--size", "1048576", "--tmpfs", "/tmp",
+        "--symlink", "/tmp", "/dev/shm", "--proc", "/proc", "--remount-ro", "/proc", "--size", "1048576", "--tmpfs", "/tmp",
         "--chdir", "/tmp", "--remount-ro", "/", "--clearenv"};
     expected.insert(expected.end(), k_environment_bwrap.begin(), k_environment_bwrap.end());
     for (const char* word : {"--seccomp", "5", "--", "/usr/bin/python3", "-I", "-B", "-u", "-c", "RUNNER", "run", "3", "4"}) {
