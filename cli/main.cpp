@@ -87,6 +87,7 @@ std::unique_ptr<safepy::Sandbox> make_sandbox(Options& options) {
     std::string error;
     options.config.warm = options.mode == "warm";
     options.config.warm_pool_size = 1;
+    options.config.defaults = safepy::fit_defaults(options.config.defaults, options.config.maxima);
     auto sandbox = safepy::Sandbox::create(options.config, error);
     if (!sandbox) {
         std::cerr << "safepy: " << error << "\n";
@@ -99,7 +100,7 @@ std::unique_ptr<safepy::Sandbox> make_sandbox(Options& options) {
 
 int run_command(Options& options, const std::string& path) {
     safepy::Request request;
-    request.limits = options.config.defaults;
+    request.limits = safepy::fit_defaults(options.config.defaults, options.config.maxima);
     if (auto error = build_limits(options, request.limits)) {
         std::cerr << "safepy: " << *error << "\n";
         return k_usage_error;
@@ -159,12 +160,15 @@ int doctor_command(Options& options) {
     std::cout << "jail:             " << d.jail << " (" << d.jail_path << ")\n"
               << "resource control: " << d.resource_control
               << (d.cgroup_path.empty() ? "" : " (" + d.cgroup_path + ")") << "\n"
+              << "cpu:              " << d.cpu_mode << "\n"
+              << "sandbox uids:     " << d.uid_range << "\n"
               << "python:           " << d.python_path << "\n";
     for (const auto& note : d.notes) {
         std::cout << "note:             " << note << "\n";
     }
-    const safepy::Limits defaults;
+    const auto& defaults = sandbox->config().defaults;
     const auto& maxima = sandbox->config().maxima;
+    std::cout << "maxima from:      " << d.maxima_source << "\n";
     std::cout << "limits (default / maximum):\n";
     for (const auto& field : safepy::limit_fields()) {
         std::cout << "  " << field.name << ": " << *safepy::get_limit(defaults, field.name) << " / "

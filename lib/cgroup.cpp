@@ -1,6 +1,9 @@
 #include "cgroup.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <sched.h>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -17,6 +20,7 @@ namespace safepy {
 namespace {
 
 std::atomic<std::uint64_t> g_run_counter{0};
+constexpr std::uint64_t k_cpu_period_us = 100'000;
 
 std::string read_text(const std::string& path) {
     std::ifstream in(path);
@@ -203,20 +207,21 @@ bool prepare_v2(const std::string& mount, std::string& base, std::string& note) 
         note = "cgroup v2 at " + own + " has no pids controller";
         return false;
     }
+    const std::string enable = has_word(available, "cpu", ' ') ? "+memory +pids +cpu" : "+memory +pids";
     base = own + "/safepy";
     if (!make_dir(base)) {
         note = "cannot create " + base + ": " + std::strerror(errno);
         return false;
     }
-    if (!write_text(own + "/cgroup.subtree_control", "+memory +pids")) {
+    if (!write_text(own + "/cgroup.subtree_control", enable)) {
         const std::string leaf = own + "/safepy-supervisor";
         if (!make_dir(leaf) || !write_text(leaf + "/cgroup.procs", std::to_string(getpid())) ||
-            !write_text(own + "/cgroup.subtree_control", "+memory +pids")) {
+            !write_text(own + "/cgroup.subtree_control", enable)) {
             note = "cannot enable memory and pids controllers in " + own;
             return false;
         }
     }
-    if (!write_text(base + "/cgroup.subtree_control", "+memory +pids")) {
+    if (!write_text(base + "/cgroup.subtree_control", enable)) {
         note = "cannot enable memory and pids controllers in " + base;
         return false;
     }
@@ -243,11 +248,100 @@ std::string v1_base(const std::vector<Mount>& mounts, const std::string& control
     return "";
 }
 
+// The mount point of the v2 hierarchy or of the v1 hierarchy holding `controller`.
+std::string hierarchy_mount(const std::vector<Mount>& mounts, const std::string& controller) {
+    for (const auto& mount : mounts) {
+        if (controller.empty() ? mount.type == "cgroup2" && mount.point == "/sys/fs/cgroup"
+                               : mount.type == "cgroup" && has_word(mount.super_options, controller, ',')) {
+            return mount.point;
+        }
+    }
+    return "";
+}
+
+// `own` and each of its ancestors below `mount`, innermost first.
+std::vector<std::string> cgroup_chain(const std::string& mount, std::string own) {
+    std::vector<std::string> chain;
+    for (;;) {
+        chain.push_back(mount + (own == "/" ? "" : own));
+        if (own == "/" || own.empty()) {
+            return chain;
+        }
+        const auto slash = own.rfind('/');
+        own = slash == 0 ? "/" : own.substr(0, slash);
+    }
+}
+
+// A /proc/meminfo value in bytes ("MemAvailable:   21451060 kB").
+std::uint64_t meminfo_bytes(const std::string& key) {
+    std::istringstream in(read_text("/proc/meminfo"));
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind(key + ":", 0) == 0) {
+            return std::strtoull(line.c_str() + key.size() + 1, nullptr, 10) * 1024;
+        }
+    }
+    return 0;
+}
+
 bool host_has_swap() {
-    return read_keyed("/proc/meminfo", "SwapTotal:") > 0;
+    return meminfo_bytes("SwapTotal") > 0;
 }
 
 }  // namespace
+
+HostResources read_host_resources() {
+    HostResources host;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    host.cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? static_cast<std::uint32_t>(CPU_COUNT(&set)) : 1;
+    host.cpus_source = "sched_getaffinity";
+    const std::uint64_t total = meminfo_bytes("MemTotal");
+    host.memory_bytes = meminfo_bytes("MemAvailable");
+    host.memory_source = "MemAvailable of the host";
+    const auto mounts = cgroup_mounts();
+    auto take_memory = [&](std::uint64_t limit, const std::string& file) {
+        if (limit > 0 && limit < total && limit < host.memory_bytes) {
+            host.memory_bytes = limit;
+            host.memory_source = "cgroup limit " + file;
+        }
+    };
+    auto take_cpus = [&](long long quota, long long period, const std::string& file) {
+        if (quota > 0 && period > 0) {
+            const auto cpus = static_cast<std::uint32_t>(std::max<long long>(1, (quota + period - 1) / period));
+            if (cpus < host.cpus) {
+                host.cpus = cpus;
+                host.cpus_source = "cgroup quota " + file;
+            }
+        }
+    };
+    if (const std::string v2 = hierarchy_mount(mounts, ""); !v2.empty() && hierarchy_mount(mounts, "memory").empty()) {
+        for (const auto& dir : cgroup_chain(v2, own_cgroup(""))) {
+            const std::string memory = read_text(dir + "/memory.max");
+            if (!memory.empty() && memory.rfind("max", 0) != 0) {
+                take_memory(std::strtoull(memory.c_str(), nullptr, 10), dir + "/memory.max");
+            }
+            long long quota = 0, period = 0;
+            if (std::sscanf(read_text(dir + "/cpu.max").c_str(), "%lld %lld", &quota, &period) == 2) {
+                take_cpus(quota, period, dir + "/cpu.max");
+            }
+        }
+        return host;
+    }
+    if (const std::string memory = hierarchy_mount(mounts, "memory"); !memory.empty()) {
+        for (const auto& dir : cgroup_chain(memory, own_cgroup("memory"))) {
+            take_memory(read_number(dir + "/memory.limit_in_bytes"), dir + "/memory.limit_in_bytes");
+        }
+    }
+    if (const std::string cpu = hierarchy_mount(mounts, "cpu"); !cpu.empty()) {
+        for (const auto& dir : cgroup_chain(cpu, own_cgroup("cpu"))) {
+            const std::string quota = read_text(dir + "/cpu.cfs_quota_us");
+            take_cpus(std::strtoll(quota.c_str(), nullptr, 10),
+                      static_cast<long long>(read_number(dir + "/cpu.cfs_period_us")), dir + "/cpu.cfs_quota_us");
+        }
+    }
+    return host;
+}
 
 std::string Cgroups::swap_note() const {
     if (m_version == CgroupVersion::none || !host_has_swap()) {
@@ -275,8 +369,8 @@ std::uint64_t RunCgroup::cpu_microseconds() const {
     if (m_version == CgroupVersion::v2) {
         return read_keyed(m_dirs[0] + "/cpu.stat", "usage_usec");
     }
-    if (m_version == CgroupVersion::v1 && m_dirs.size() > 2) {
-        return read_number(m_dirs[2] + "/cpuacct.usage") / 1000;
+    if (m_version == CgroupVersion::v1 && m_cpuacct >= 0) {
+        return read_number(m_dirs[static_cast<std::size_t>(m_cpuacct)] + "/cpuacct.usage") / 1000;
     }
     return 0;
 }
@@ -309,6 +403,23 @@ bool RunCgroup::set_limits(const Limits& limits, std::string& error) const {
     }
     if (!ok) {
         error = "cannot set the limits of cgroup " + m_dirs[0] + ": " + std::strerror(errno);
+        return false;
+    }
+    // Every run's cgroup has the same weight, so a run with many processes
+    // gets no more CPU than one with a single process; the quota caps it at
+    // cpu_cores CPUs.
+    if (m_cpu >= 0) {
+        const auto& dir = m_dirs[static_cast<std::size_t>(m_cpu)];
+        const std::string quota = std::to_string(static_cast<std::uint64_t>(limits.cpu_cores) * k_cpu_period_us);
+        ok = m_version == CgroupVersion::v2
+                 ? write_text(dir + "/cpu.weight", "100") &&
+                       write_text(dir + "/cpu.max", quota + " " + std::to_string(k_cpu_period_us))
+                 : write_text(dir + "/cpu.shares", "1024") &&
+                       write_text(dir + "/cpu.cfs_period_us", std::to_string(k_cpu_period_us)) &&
+                       write_text(dir + "/cpu.cfs_quota_us", quota);
+        if (!ok) {
+            error = "cannot set the CPU share and quota of cgroup " + dir + ": " + std::strerror(errno);
+        }
     }
     return ok;
 }
@@ -332,7 +443,7 @@ CgroupUsage RunCgroup::usage() const {
     } else if (m_version == CgroupVersion::v1) {
         usage.oom_kills = read_keyed(m_dirs[0] + "/memory.oom_control", "oom_kill");
         usage.peak_memory_bytes = read_number(m_dirs[0] + "/memory.max_usage_in_bytes");
-        usage.has_cpu = m_dirs.size() > 2;
+        usage.has_cpu = m_cpuacct >= 0;
     }
     usage.cpu_microseconds = cpu_microseconds();
     return usage;
@@ -352,7 +463,11 @@ Cgroups Cgroups::detect(std::string& note) {
         if (mount.type == "cgroup2" && mount.point == "/sys/fs/cgroup" && prepare_v2(mount.point, base, note)) {
             cgroups.m_version = CgroupVersion::v2;
             cgroups.m_bases = {base};
+            if (has_word(read_text(base + "/cgroup.subtree_control"), "cpu", ' ')) {
+                cgroups.m_cpu = 0;
+            }
             sweep_stale(base);
+            cgroups.weigh_base();
             return cgroups;
         }
     }
@@ -366,12 +481,22 @@ Cgroups Cgroups::detect(std::string& note) {
     }
     cgroups.m_version = CgroupVersion::v1;
     cgroups.m_bases = {memory, pids};
-    if (const std::string cpu = v1_base(mounts, "cpuacct", cpu_note); !cpu.empty()) {
-        cgroups.m_bases.push_back(cpu);
+    if (const std::string cpuacct = v1_base(mounts, "cpuacct", cpu_note); !cpuacct.empty()) {
+        cgroups.m_cpuacct = static_cast<int>(cgroups.m_bases.size());
+        cgroups.m_bases.push_back(cpuacct);
+    }
+    if (const std::string cpu = v1_base(mounts, "cpu", cpu_note); !cpu.empty()) {
+        // Often one hierarchy holds both (cpu,cpuacct): one directory then.
+        const auto same = std::find(cgroups.m_bases.begin(), cgroups.m_bases.end(), cpu);
+        cgroups.m_cpu = static_cast<int>(same - cgroups.m_bases.begin());
+        if (same == cgroups.m_bases.end()) {
+            cgroups.m_bases.push_back(cpu);
+        }
     }
     for (const auto& base : cgroups.m_bases) {
         sweep_stale(base);
     }
+    cgroups.weigh_base();
     note.clear();
     return cgroups;
 }
@@ -388,6 +513,32 @@ std::string Cgroups::name() const {
     return "rlimits-only";
 }
 
+void Cgroups::weigh_base() const {
+    if (m_cpu < 0) {
+        return;
+    }
+    // Against the host's other processes, the runs together weigh as much as
+    // one busy process per CPU (a lone cgroup weighs as one process).
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    const int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? std::max(CPU_COUNT(&set), 1) : 1;
+    const std::string& base = m_bases[static_cast<std::size_t>(m_cpu)];
+    if (m_version == CgroupVersion::v2) {
+        write_text(base + "/cpu.weight", std::to_string(std::min(100 * cpus, 10000)));
+    } else {
+        write_text(base + "/cpu.shares", std::to_string(1024 * cpus));
+    }
+}
+
+std::string Cgroups::cpu_mode() const {
+    if (m_cpu < 0) {
+        return m_version == CgroupVersion::none ? "no CPU share or quota (no cgroup): CPU time is limited per process"
+                                                : "no CPU share or quota: the cpu controller is not available";
+    }
+    return m_version == CgroupVersion::v2 ? "per-run cgroup: equal cpu.weight 100, quota cpu.max = cpu_cores CPUs"
+                                          : "per-run cgroup: equal cpu.shares 1024, quota cpu.cfs_quota_us = cpu_cores CPUs";
+}
+
 std::string Cgroups::path() const {
     return m_bases.empty() ? "" : m_bases.front();
 }
@@ -395,6 +546,8 @@ std::string Cgroups::path() const {
 std::unique_ptr<RunCgroup> Cgroups::create(const Limits& limits, std::string& error) const {
     std::unique_ptr<RunCgroup> run(new RunCgroup());
     run->m_version = m_version;
+    run->m_cpuacct = m_cpuacct;
+    run->m_cpu = m_cpu;
     if (m_version == CgroupVersion::none) {
         return run;
     }

@@ -47,7 +47,9 @@ private:
     friend class Cgroups;
     RunCgroup() = default;
     CgroupVersion m_version = CgroupVersion::none;
-    std::vector<std::string> m_dirs;  // v1: memory, pids, cpuacct; v2: one
+    std::vector<std::string> m_dirs;  // v1: memory, pids, then cpuacct and cpu when mounted; v2: one
+    int m_cpuacct = -1;               // v1: index in m_dirs of the cpuacct (CPU time) directory
+    int m_cpu = -1;                   // index of the directory with the cpu controller (share, quota)
     std::vector<int> m_join_fds;
 };
 
@@ -61,6 +63,9 @@ public:
     std::string name() const;   // "cgroup-v2", "cgroup-v1" or "rlimits-only"
     std::string path() const;   // where runs are created
 
+    // How CPU is shared between runs, for doctor: the controller's files, or why there is no share.
+    std::string cpu_mode() const;
+
     // Why swap escapes the memory limit (swap on, not accounted); empty when it does not.
     std::string swap_note() const;
 
@@ -68,8 +73,12 @@ public:
     std::unique_ptr<RunCgroup> create(const Limits& limits, std::string& error) const;
 
 private:
+    void weigh_base() const;
+
     CgroupVersion m_version = CgroupVersion::none;
-    std::vector<std::string> m_bases;  // v1: memory, pids, cpuacct (optional); v2: one
+    std::vector<std::string> m_bases;  // as RunCgroup::m_dirs
+    int m_cpuacct = -1;
+    int m_cpu = -1;
 };
 
 }  // namespace safepy

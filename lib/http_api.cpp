@@ -240,8 +240,8 @@ int http_status(Status status) {
     return k_codes[static_cast<int>(party_of(status))];
 }
 
-Limits service_maxima() {
-    Limits maxima = default_maxima();
+Limits service_maxima(std::size_t concurrency, bool warm) {
+    Limits maxima = host_maxima(default_maxima(), read_host_resources(), concurrency, warm);
     maxima.stdout_bytes = 16ull << 20;
     maxima.stderr_bytes = 16ull << 20;
     maxima.result_bytes = 64ull << 20;

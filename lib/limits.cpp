@@ -1,5 +1,6 @@
 #include "safepy/safepy.hpp"
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <limits>
@@ -17,7 +18,7 @@ struct FieldSpec {
 
 // The minimums keep a run able to start at all (the jail's own processes and
 // descriptors count), so that a tiny limit reads as the script's failure.
-const std::array<FieldSpec, 10> k_fields = {{
+const std::array<FieldSpec, 11> k_fields = {{
     {{"wall_ms", "wall-clock time limit in milliseconds"}, 1, nullptr, nullptr, &Limits::wall},
     {{"cpu_ms", "CPU time limit in milliseconds (all processes of the run)"}, 1, nullptr, nullptr, &Limits::cpu},
     {{"memory_bytes", "memory limit in bytes (RAM of all processes, /tmp included)"}, 16u << 20, &Limits::memory_bytes},
@@ -28,6 +29,7 @@ const std::array<FieldSpec, 10> k_fields = {{
     {{"stdout_bytes", "stdout cap in bytes; more ends the run"}, 1, &Limits::stdout_bytes},
     {{"stderr_bytes", "stderr cap in bytes; more ends the run"}, 1, &Limits::stderr_bytes},
     {{"result_bytes", "cap on main()'s serialised result in bytes"}, 16, &Limits::result_bytes},
+    {{"cpu_cores", "CPU quota: most CPUs' worth of time the run may use at once"}, 1, nullptr, &Limits::cpu_cores},
 }};
 
 const FieldSpec* find_field(std::string_view name) {
@@ -82,6 +84,58 @@ Limits default_maxima() {
     maxima.stdout_bytes = 256ull << 20;
     maxima.stderr_bytes = 256ull << 20;
     maxima.result_bytes = 256ull << 20;
+    maxima.cpu_cores = 1024;
+    return maxima;
+}
+
+std::uint64_t memory_reserve_bytes(std::size_t concurrency, bool warm) {
+    // The server's own memory and output buffers; a warm template holds
+    // Python with numpy and pandas imported (about 100 MiB resident).
+    return (256ull << 20) + (warm ? static_cast<std::uint64_t>(concurrency) * (160ull << 20) : 0);
+}
+
+Limits host_maxima(const Limits& ceiling, const HostResources& host, std::size_t concurrency, bool warm) {
+    Limits maxima = ceiling;
+    const std::uint64_t reserve = memory_reserve_bytes(concurrency, warm);
+    const std::uint64_t usable = host.memory_bytes > reserve ? host.memory_bytes - reserve : 0;
+    const std::uint64_t share = usable / std::max<std::size_t>(concurrency, 1);
+    // Never below the smallest memory limit a run can start with.
+    const std::uint64_t memory = std::max<std::uint64_t>(std::min(ceiling.memory_bytes, share), 16u << 20);
+    maxima.memory_bytes = memory;
+    maxima.tmp_bytes = std::min(ceiling.tmp_bytes, memory);
+    maxima.cpu_cores = std::max<std::uint32_t>(1, std::min(ceiling.cpu_cores, host.cpus));
+    return maxima;
+}
+
+std::optional<std::string> check_fits(const Limits& maxima, const HostResources& host, std::size_t concurrency,
+                                      bool warm) {
+    const std::uint64_t reserve = memory_reserve_bytes(concurrency, warm);
+    const std::uint64_t needed = static_cast<std::uint64_t>(concurrency) * maxima.memory_bytes + reserve;
+    if (needed > host.memory_bytes) {
+        return std::to_string(concurrency) + " concurrent runs of up to " + std::to_string(maxima.memory_bytes) +
+               " bytes each, plus " + std::to_string(reserve) + " bytes for safepy itself, need " +
+               std::to_string(needed) + " bytes, but " + std::to_string(host.memory_bytes) +
+               " are available (" + host.memory_source + "): lower the memory_bytes maximum or the concurrency";
+    }
+    if (maxima.cpu_cores > host.cpus) {
+        return "the cpu_cores maximum " + std::to_string(maxima.cpu_cores) + " is above the " +
+               std::to_string(host.cpus) + " CPUs available (" + host.cpus_source + ")";
+    }
+    return std::nullopt;
+}
+
+Limits fit_defaults(Limits defaults, const Limits& maxima) {
+    for (const auto& spec : k_fields) {
+        const std::uint64_t maximum = read_field(spec, maxima);
+        if (read_field(spec, defaults) > maximum) {
+            write_field(spec, defaults, maximum);
+        }
+    }
+    return defaults;
+}
+
+Limits local_maxima() {
+    static const Limits maxima = host_maxima(default_maxima(), read_host_resources(), 1, false);
     return maxima;
 }
 

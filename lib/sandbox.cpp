@@ -7,6 +7,7 @@
 #include "jail_command.hpp"
 #include "seccomp_policy.hpp"
 #include "spawn.hpp"
+#include "uid_pool.hpp"
 #include "warm_pool.hpp"
 
 #include <atomic>
@@ -29,6 +30,8 @@ struct Sandbox::Impl {
     std::string kafel;
     std::string bpf;  // the deny-list as BPF: bwrap's --seccomp, and warm children install it themselves
     std::vector<std::string> notes;
+    HostResources host;
+    std::unique_ptr<UidPool> uids;  // when started as root
     std::unique_ptr<WarmPool> pool;
     mutable std::atomic<std::uint64_t> cancel_generation{0};
 
@@ -109,8 +112,10 @@ JailPlan base_plan(const Sandbox::Impl& impl) {
     plan.kind = impl.jail;
     plan.jail_path = impl.jail_path;
     plan.python_path = impl.config.python_path;
-    plan.uid = geteuid() == 0 ? impl.config.sandbox_uid : geteuid();
-    plan.gid = geteuid() == 0 ? impl.config.sandbox_gid : getegid();
+    // Not root: every run is this user (no other uid can be had). As root each
+    // run gets its own uid from the pool (see run() and the warm templates).
+    plan.uid = geteuid();
+    plan.gid = getegid();
     plan.mounts = impl.mounts;
     plan.seccomp_kafel = impl.kafel;
     plan.runner_source = std::string(embedded_runner());
@@ -144,6 +149,13 @@ WarmSettings warm_settings(const Sandbox::Impl& impl) {
     settings.template_spawn.script = impl.bpf;  // the children's filter, on the template's script descriptor
     settings.template_spawn.rlimit_memory = false;
     settings.template_spawn.unlimited_cpu = true;
+    settings.template_argv = [plan](std::uint32_t uid) {
+        JailPlan own = plan;
+        own.uid = own.gid = uid;
+        return jail_argv(own);
+    };
+    settings.uids = impl.uids.get();
+    settings.templates = impl.config.concurrency;
     settings.cgroups = impl.cgroups.version() == CgroupVersion::none ? nullptr : &impl.cgroups;
     settings.pool_size = impl.config.warm_pool_size;
     settings.defaults = impl.config.defaults;
@@ -219,6 +231,15 @@ std::unique_ptr<Sandbox> Sandbox::create(const Config& config, std::string& erro
         error = "The default limits exceed the configured maxima: " + *problem;
         return nullptr;
     }
+    if (config.concurrency == 0) {
+        error = "The concurrency must be at least 1";
+        return nullptr;
+    }
+    impl->host = read_host_resources();
+    if (auto problem = check_fits(config.maxima, impl->host, config.concurrency, config.warm)) {
+        error = "The maxima do not fit this host: " + *problem;
+        return nullptr;
+    }
     const std::string nsjail = config.nsjail_path.empty() ? find_program("nsjail", {"/usr/local/bin/nsjail", "/usr/bin/nsjail"})
                                                           : config.nsjail_path;
     const std::string bwrap = config.bwrap_path.empty() ? find_program("bwrap", {"/usr/bin/bwrap"}) : config.bwrap_path;
@@ -270,9 +291,18 @@ std::unique_ptr<Sandbox> Sandbox::create(const Config& config, std::string& erro
                 std::strerror(errno);
         return nullptr;
     }
-    if (geteuid() == 0 && config.sandbox_uid == 0) {
-        error = "The sandbox uid must not be 0";
-        return nullptr;
+    if (geteuid() == 0) {
+        if (config.sandbox_uid_base == 0 || config.sandbox_uid_count == 0 ||
+            config.sandbox_uid_count > 1'000'000 || config.sandbox_uid_base > 0xFFFFFFFEu - config.sandbox_uid_count) {
+            error = "The sandbox uid range must be non-empty, start above 0 and end below 4294967295";
+            return nullptr;
+        }
+        if (config.sandbox_uid_count < config.concurrency) {
+            error = "The sandbox uid range (" + std::to_string(config.sandbox_uid_count) +
+                    " uids) is smaller than the concurrency (" + std::to_string(config.concurrency) + ")";
+            return nullptr;
+        }
+        impl->uids = std::make_unique<UidPool>(config.sandbox_uid_base, config.sandbox_uid_count, "/run/safepy/uids");
     }
     if (geteuid() == 0 && !has_kill_capability()) {
         // Runs are started as the sandbox uid: without CAP_KILL a timed-out
@@ -324,7 +354,17 @@ Outcome Sandbox::run(const Request& request) const noexcept {
             return rejected(Status::sandbox_error, "Sandbox failure (not caused by the script): cannot create the run's cgroup",
                             cgroup_error);
         }
+        std::optional<UidLease> uid;
         JailPlan plan = base_plan(impl);
+        if (impl.uids) {
+            std::string uid_error;
+            uid = impl.uids->acquire(uid_error);
+            if (!uid) {
+                return rejected(Status::sandbox_error,
+                                "Sandbox failure (not caused by the script): no free sandbox uid", uid_error);
+            }
+            plan.uid = plan.gid = uid->uid();
+        }
         plan.mode = request.mode;
         plan.limits = request.limits;
         SpawnSpec spec = base_spawn(impl, plan);
@@ -341,6 +381,7 @@ Outcome Sandbox::run(const Request& request) const noexcept {
         const SpawnResult spawned = spawn_and_drain(spec, drain);
         const CgroupUsage usage = cgroup->usage();
         cgroup.reset();  // nothing of the run survives this line
+        uid.reset();     // so its uid may go to the next run
         return conclude(impl, request, spawned, usage);
     } catch (const std::exception& error) {
         return rejected(Status::sandbox_error, "Sandbox failure (not caused by the script): internal error", error.what());
@@ -358,6 +399,23 @@ Diagnostics Sandbox::diagnostics(bool probe) const {
     diagnostics.cgroup_path = m_impl->cgroups.path();
     diagnostics.python_path = m_impl->config.python_path;
     diagnostics.notes = m_impl->notes;
+    diagnostics.cpu_mode = m_impl->cgroups.cpu_mode();
+    const Config& config = m_impl->config;
+    if (m_impl->uids) {
+        diagnostics.uid_range = std::to_string(config.sandbox_uid_base) + "-" +
+                                std::to_string(config.sandbox_uid_base + config.sandbox_uid_count - 1) +
+                                ", one per concurrent run (" + m_impl->uids->lock_note() + ")";
+    } else {
+        diagnostics.uid_range = "every run is this user's uid " + std::to_string(geteuid()) + " (not root)";
+    }
+    const HostResources& host = m_impl->host;
+    const Limits derived = host_maxima(default_maxima(), host, config.concurrency, config.warm);
+    diagnostics.maxima_source =
+        std::to_string(host.memory_bytes) + " bytes of memory (" + host.memory_source + ") less " +
+        std::to_string(memory_reserve_bytes(config.concurrency, config.warm)) + " for safepy, shared by " +
+        std::to_string(config.concurrency) + " concurrent run(s): memory_bytes and tmp_bytes up to " +
+        std::to_string(derived.memory_bytes) + "; " + std::to_string(host.cpus) + " CPUs (" + host.cpus_source +
+        "): cpu_cores up to " + std::to_string(derived.cpu_cores) + "; the rest are fixed ceilings";
     if (m_impl->pool) {
         diagnostics.notes.push_back("warm pool: " + m_impl->pool->state());
     }

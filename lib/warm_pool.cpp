@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <optional>
 #include <thread>
 
 namespace safepy {
@@ -140,66 +141,75 @@ constexpr auto k_exit_report_timeout = std::chrono::seconds(2);
 
 }  // namespace
 
+// One template: a jail with its own host uid. Its children share that uid,
+// so it serves one run at a time.
+struct Template {
+    std::optional<UidLease> uid;  // held for the pool's life; empty when not root
+    std::mutex control_mutex;     // one "spawn" message at a time on the control socket
+    Job job;
+    Fd control;
+    std::string log;
+    std::unique_ptr<RunCgroup> cgroup;
+    // Under WarmPool::Impl::mutex:
+    std::deque<std::unique_ptr<Slot>> ready;
+    bool up = false;
+    bool busy = false;  // a run holds this template's uid
+    std::string last_error = "the warm template is starting";
+};
+
 struct WarmPool::Impl {
     WarmSettings settings;
 
     mutable std::mutex mutex;
     mutable std::condition_variable changed;
-    std::deque<std::unique_ptr<Slot>> ready;
+    std::vector<std::unique_ptr<Template>> templates;
     std::deque<std::unique_ptr<Slot>> retired;  // finished runs, removed off the request path
     bool stopping = false;
-    bool template_up = false;
-    std::string last_error = "the warm template is starting";
-
-    std::mutex control_mutex;  // one "spawn" message at a time on the control socket
-    Job template_job;
-    Fd control;
-    std::string template_log;
-    std::unique_ptr<RunCgroup> template_cgroup;
+    std::size_t per_template = 1;  // children kept prepared by each template
     std::thread manager;
 
-    void set_error(std::string error) {
+    void set_error(Template& t, std::string error) {
         std::lock_guard lock(mutex);
-        template_up = false;
-        last_error = std::move(error);
+        t.up = false;
+        t.last_error = std::move(error);
         changed.notify_all();
     }
 
-    bool template_alive() {
-        if (template_job.pid < 0) {
+    static bool template_alive(const Template& t) {
+        if (t.job.pid < 0) {
             return false;
         }
-        pollfd item{template_job.pidfd.get(), POLLIN, 0};
+        pollfd item{t.job.pidfd.get(), POLLIN, 0};
         return poll(&item, 1, 0) == 0;
     }
 
-    void stop_template() {
-        if (template_job.pid >= 0) {
-            template_job.kill();
+    void stop_template(Template& t) {
+        if (t.job.pid >= 0) {
+            t.job.kill();
             int status;
             rusage usage;
-            template_job.reap(status, usage);
-            template_log += read_available(template_job.err.get(), 16 * 1024);
-            template_log += read_available(template_job.log.get(), 16 * 1024);
+            t.job.reap(status, usage);
+            t.log += read_available(t.job.err.get(), 16 * 1024);
+            t.log += read_available(t.job.log.get(), 16 * 1024);
         }
-        template_job = Job();
+        t.job = Job();
         {
-            std::lock_guard lock(control_mutex);
-            control.reset();
+            std::lock_guard lock(t.control_mutex);
+            t.control.reset();
         }
-        template_cgroup.reset();
+        t.cgroup.reset();
         std::deque<std::unique_ptr<Slot>> dropped;
         {
             std::lock_guard lock(mutex);
-            dropped.swap(ready);
-            template_up = false;
+            dropped.swap(t.ready);
+            t.up = false;
         }
         // Removing their cgroups waits for the kernel: never under the lock
         // that every request takes.
         dropped.clear();
     }
 
-    bool start_template(std::string& error) {
+    bool start_template(Template& t, std::string& error) {
         int pair[2];
         if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
             error = std::string("socketpair: ") + std::strerror(errno);
@@ -209,33 +219,37 @@ struct WarmPool::Impl {
         Fd child(pair[1]);
         SpawnSpec spec = settings.template_spawn;
         spec.control_fd = child.get();
+        if (t.uid) {
+            spec.uid = spec.gid = t.uid->uid();
+            spec.argv = settings.template_argv(t.uid->uid());
+        }
         if (settings.cgroups) {
             // The template and the reapers live in a cgroup of their own; each
             // prepared child moves to its run's cgroup.
             Limits limits = spec.limits;
             limits.memory_bytes = std::max<std::uint64_t>(limits.memory_bytes, 2ull << 30);
             limits.processes = 4096;
-            template_cgroup = settings.cgroups->create(limits, error);
-            if (!template_cgroup) {
+            t.cgroup = settings.cgroups->create(limits, error);
+            if (!t.cgroup) {
                 return false;
             }
-            spec.cgroup_join_fds = template_cgroup->join_fds();
+            spec.cgroup_join_fds = t.cgroup->join_fds();
         }
-        template_job = start_jail(spec, error);
-        if (template_job.pid < 0) {
+        t.job = start_jail(spec, error);
+        if (t.job.pid < 0) {
             return false;
         }
-        fcntl(template_job.err.get(), F_SETFL, O_NONBLOCK);
-        if (template_job.log) {
-            fcntl(template_job.log.get(), F_SETFL, O_NONBLOCK);
+        fcntl(t.job.err.get(), F_SETFL, O_NONBLOCK);
+        if (t.job.log) {
+            fcntl(t.job.log.get(), F_SETFL, O_NONBLOCK);
         }
-        template_job.out.reset();  // the template prints nothing; a write would fail, not block
-        std::lock_guard lock(control_mutex);
-        control = std::move(host);
+        t.job.out.reset();  // the template prints nothing; a write would fail, not block
+        std::lock_guard lock(t.control_mutex);
+        t.control = std::move(host);
         return true;
     }
 
-    std::unique_ptr<Slot> make_slot(std::string& error) {
+    std::unique_ptr<Slot> make_slot(Template& t, std::string& error) {
         int pair[2];
         if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
             error = std::string("socketpair: ") + std::strerror(errno);
@@ -247,8 +261,8 @@ struct WarmPool::Impl {
         const int on = 1;
         setsockopt(slot->socket.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof on);
         {
-            std::lock_guard lock(control_mutex);
-            if (!control || !send_with_fds(control.get(), "spawn", {child.get()})) {
+            std::lock_guard lock(t.control_mutex);
+            if (!t.control || !send_with_fds(t.control.get(), "spawn", {child.get()})) {
                 error = "the warm template is not running";
                 return nullptr;
             }
@@ -282,12 +296,58 @@ struct WarmPool::Impl {
         return slot;
     }
 
+    // Keeps one template running and prepared; false when it failed and
+    // needs a pause before the next try.
+    bool tend(Template& t) {
+        if (!t.uid && settings.uids) {
+            set_error(t, "warm mode: no sandbox uid for this template");
+            return false;
+        }
+        if (!template_alive(t)) {
+            stop_template(t);
+            std::string error;
+            if (!start_template(t, error)) {
+                set_error(t, "the warm template could not be started: " + error);
+                return false;
+            }
+        }
+        {
+            std::lock_guard lock(mutex);
+            if (t.ready.size() >= per_template) {
+                return true;
+            }
+        }
+        std::string error;
+        auto slot = make_slot(t, error);
+        if (!slot) {
+            t.log += read_available(t.job.err.get(), 16 * 1024);
+            t.log += read_available(t.job.log.get(), 16 * 1024);  // nsjail's own log
+            if (t.log.size() > 16 * 1024) {
+                t.log.erase(0, t.log.size() - 16 * 1024);
+            }
+            set_error(t, error + (t.log.empty() ? "" : "; template log: " + t.log));
+            // A child failed to get ready: start over with a new template.
+            stop_template(t);
+            return false;
+        }
+        std::lock_guard lock(mutex);
+        t.ready.push_back(std::move(slot));
+        t.up = true;
+        changed.notify_all();
+        return true;
+    }
+
+    bool all_prepared() const {
+        for (const auto& t : templates) {
+            if (!t->up || t->ready.size() < per_template) {
+                return false;
+            }
+        }
+        return true;
+    }
+
     void manage() {
         auto backoff = std::chrono::milliseconds(250);
-        auto pause = [this](std::chrono::milliseconds time) {
-            std::unique_lock lock(mutex);
-            changed.wait_for(lock, time, [this] { return stopping; });
-        };
         for (;;) {
             std::deque<std::unique_ptr<Slot>> finished;
             {
@@ -298,76 +358,99 @@ struct WarmPool::Impl {
                 finished.swap(retired);
             }
             finished.clear();  // removes their cgroups (their processes are already gone)
-            if (!template_alive()) {
-                stop_template();
-                std::string error;
-                if (!start_template(error)) {
-                    set_error("the warm template could not be started: " + error);
-                    pause(backoff);
-                    backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
-                    continue;
-                }
+            bool failed = false;
+            for (auto& t : templates) {
+                failed = !tend(*t) || failed;
             }
-            std::size_t have;
-            {
-                std::lock_guard lock(mutex);
-                have = ready.size();
-            }
-            if (have >= settings.pool_size) {
-                std::unique_lock lock(mutex);
-                changed.wait_for(lock, std::chrono::milliseconds(500), [this] {
-                    return stopping || ready.size() < settings.pool_size || !retired.empty();
-                });
-                continue;
-            }
-            std::string error;
-            auto slot = make_slot(error);
-            if (!slot) {
-                template_log += read_available(template_job.err.get(), 16 * 1024);
-                template_log += read_available(template_job.log.get(), 16 * 1024);  // nsjail's own log
-                if (template_log.size() > 16 * 1024) {
-                    template_log.erase(0, template_log.size() - 16 * 1024);
-                }
-                set_error(error + (template_log.empty() ? "" : "; template log: " + template_log));
-                // A child failed to get ready: start over with a new template.
-                stop_template();
-                pause(backoff);
+            std::unique_lock lock(mutex);
+            if (failed) {
+                changed.wait_for(lock, backoff, [this] { return stopping; });
                 backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
                 continue;
             }
             backoff = std::chrono::milliseconds(250);
-            std::lock_guard lock(mutex);
-            ready.push_back(std::move(slot));
-            template_up = true;
-            changed.notify_all();
+            if (all_prepared()) {
+                changed.wait_for(lock, std::chrono::milliseconds(500),
+                                 [this] { return stopping || !all_prepared() || !retired.empty(); });
+            }
         }
     }
 
-    // A prepared child, or, while the template is up, one made here.
-    std::unique_ptr<Slot> take_slot(std::string& error) {
-        {
-            std::unique_lock lock(mutex);
-            if (!template_up) {
-                // Give a starting template a moment before failing the run.
-                changed.wait_for(lock, std::chrono::seconds(5), [this] { return stopping || template_up; });
-            }
-            if (!ready.empty()) {
-                auto slot = std::move(ready.front());
-                ready.pop_front();
-                changed.notify_all();
-                return slot;
-            }
-            if (!template_up) {
-                error = last_error;
-                return nullptr;
+    bool any_up() const {
+        for (const auto& t : templates) {
+            if (t->up) {
+                return true;
             }
         }
-        return make_slot(error);
+        return false;
+    }
+
+    // A free template (no run holds its uid) and a prepared child of it, or,
+    // while the template is up, one made here. Waits while every template is busy.
+    std::unique_ptr<Slot> take_slot(Template*& taken, std::string& error) {
+        std::unique_lock lock(mutex);
+        if (!any_up()) {
+            // Give a starting template a moment before failing the run.
+            changed.wait_for(lock, std::chrono::seconds(5), [this] { return stopping || any_up(); });
+        }
+        for (;;) {
+            if (stopping || !any_up()) {
+                error = stopping ? "the warm pool is stopping" : templates.front()->last_error;
+                return nullptr;
+            }
+            Template* free = nullptr;
+            for (auto& t : templates) {
+                if (t->up && !t->busy && (!free || (free->ready.empty() && !t->ready.empty()))) {
+                    free = t.get();
+                }
+            }
+            if (free) {
+                free->busy = true;
+                taken = free;
+                if (!free->ready.empty()) {
+                    auto slot = std::move(free->ready.front());
+                    free->ready.pop_front();
+                    changed.notify_all();
+                    return slot;
+                }
+                break;
+            }
+            changed.wait(lock);
+        }
+        lock.unlock();
+        auto slot = make_slot(*taken, error);
+        if (!slot) {
+            release(*taken, nullptr);
+        }
+        return slot;
+    }
+
+    // The run on `t` is over: its slot goes to the manager for clean-up.
+    void release(Template& t, std::unique_ptr<Slot> slot) {
+        std::lock_guard lock(mutex);
+        if (slot) {
+            retired.push_back(std::move(slot));
+        }
+        t.busy = false;
+        changed.notify_all();
     }
 };
 
 WarmPool::WarmPool(WarmSettings settings) : m_impl(std::make_unique<Impl>()) {
     m_impl->settings = std::move(settings);
+    const std::size_t count = std::max<std::size_t>(m_impl->settings.templates, 1);
+    m_impl->per_template = std::max<std::size_t>(1, (m_impl->settings.pool_size + count - 1) / count);
+    for (std::size_t i = 0; i < count; ++i) {
+        auto t = std::make_unique<Template>();
+        if (m_impl->settings.uids) {
+            std::string error;
+            t->uid = m_impl->settings.uids->acquire(error);
+            if (!t->uid) {
+                t->last_error = "warm mode: " + error;
+            }
+        }
+        m_impl->templates.push_back(std::move(t));
+    }
     m_impl->manager = std::thread([impl = m_impl.get()] { impl->manage(); });
 }
 
@@ -379,31 +462,52 @@ WarmPool::~WarmPool() {
     }
     m_impl->manager.join();
     m_impl->retired.clear();
-    m_impl->stop_template();
+    for (auto& t : m_impl->templates) {
+        m_impl->stop_template(*t);
+    }
 }
 
 std::string WarmPool::state() const {
     std::lock_guard lock(m_impl->mutex);
-    if (m_impl->template_up) {
-        return "ready (" + std::to_string(m_impl->ready.size()) + " prepared)";
+    std::size_t prepared = 0, up = 0;
+    for (const auto& t : m_impl->templates) {
+        prepared += t->ready.size();
+        up += t->up ? 1 : 0;
     }
-    return m_impl->last_error;
+    if (up > 0) {
+        return "ready (" + std::to_string(up) + " of " + std::to_string(m_impl->templates.size()) +
+               " templates up, " + std::to_string(prepared) + " prepared)";
+    }
+    return m_impl->templates.front()->last_error;
 }
 
 bool WarmPool::wait_ready(std::chrono::milliseconds timeout) const {
     std::unique_lock lock(m_impl->mutex);
-    return m_impl->changed.wait_for(lock, timeout, [this] { return m_impl->template_up; });
+    return m_impl->changed.wait_for(lock, timeout, [this] { return m_impl->any_up(); });
 }
 
 WarmRun WarmPool::run(const Request& request, std::function<bool()> cancelled) {
     WarmRun run;
     std::unique_ptr<Slot> slot;
+    Template* owner = nullptr;
+    // Whatever happens below, the template is free again when this returns.
+    auto give_back = [this, &owner, &slot] {
+        if (owner) {
+            m_impl->release(*owner, std::move(slot));
+            owner = nullptr;
+        }
+    };
+    struct Guard {
+        decltype(give_back)& done;
+        ~Guard() { done(); }
+    } guard{give_back};
     Clock::time_point started;
     Fd out_read, err_read, result_read;
     // A child may have died since it was prepared: try a second one.
     for (int attempt = 0; attempt < 2 && !out_read; ++attempt) {
         std::string error;
-        slot = m_impl->take_slot(error);
+        give_back();
+        slot = m_impl->take_slot(owner, error);
         if (!slot) {
             run.spawned.spawn_error = "warm mode: " + error;
             return run;
@@ -494,10 +598,7 @@ WarmRun WarmPool::run(const Request& request, std::function<bool()> cancelled) {
         run.usage = cgroup->usage();
     }
     // drain_job killed whatever was left in the cgroup; removing the empty
-    // directories is the manager's job.
-    std::lock_guard lock(m_impl->mutex);
-    m_impl->retired.push_back(std::move(slot));
-    m_impl->changed.notify_all();
+    // directories is the manager's job (give_back hands the slot over).
     return run;
 }
 

@@ -1,12 +1,15 @@
 // Warm mode: a template Python inside the jail imports the heavy modules once
-// and forks a prepared child per run (see template.py). A manager thread keeps
-// a small pool of children ready, each already in its own per-run cgroup, so
-// that neither the fork nor the cgroup move is on a request's path.
+// and forks a prepared child per run (see template.py). There is a template per
+// concurrent run, each with a host uid of its own, and a run holds its
+// template's uid until it ends, so no two runs at once share a uid. A manager
+// thread keeps children ready, each already in its own per-run cgroup, so that
+// neither the fork nor the cgroup move is on a request's path.
 #pragma once
 
 #include "cgroup.hpp"
 #include "jail_command.hpp"
 #include "spawn.hpp"
+#include "uid_pool.hpp"
 
 #include <functional>
 #include <memory>
@@ -16,8 +19,11 @@ namespace safepy {
 
 struct WarmSettings {
     SpawnSpec template_spawn;     // the template's jail (JailPlan::warm_template); script = the BPF for the children
+    std::function<std::vector<std::string>(std::uint32_t uid)> template_argv;  // the jail's argv for a template's uid
     const Cgroups* cgroups = nullptr;
-    std::size_t pool_size = 2;
+    UidPool* uids = nullptr;      // when set, each template runs as a uid of its own
+    std::size_t templates = 1;    // one per concurrent run: a template serves one run at a time
+    std::size_t pool_size = 2;    // children kept prepared, over all templates
     Limits defaults;  // limits a prepared child's cgroup starts with
 };
 

@@ -195,13 +195,15 @@ std::optional<std::string> build(Options& options) {
     unbounded.wall = unbounded.cpu = std::chrono::milliseconds::max();
     unbounded.memory_bytes = unbounded.tmp_bytes = unbounded.file_bytes = std::numeric_limits<std::uint64_t>::max();
     unbounded.stdout_bytes = unbounded.stderr_bytes = unbounded.result_bytes = std::numeric_limits<std::uint64_t>::max();
-    unbounded.processes = unbounded.open_files = std::numeric_limits<std::uint32_t>::max();
+    unbounded.processes = unbounded.open_files = unbounded.cpu_cores = std::numeric_limits<std::uint32_t>::max();
 
-    safepy::Limits maxima = safepy::service_maxima();
+    options.config.warm = options.mode == "warm";
+    options.config.concurrency = s.concurrency;
+    safepy::Limits maxima = safepy::service_maxima(s.concurrency, options.config.warm);
     if (auto error = apply_limits(options.maxima, "--max-", maxima, unbounded)) {
         return error;
     }
-    safepy::Limits defaults;
+    safepy::Limits defaults = safepy::fit_defaults(safepy::Limits{}, maxima);
     if (auto error = apply_limits(options.defaults, "--", defaults, maxima)) {
         return error;
     }
@@ -210,7 +212,6 @@ std::optional<std::string> build(Options& options) {
     }
     options.config.maxima = maxima;
     options.config.defaults = defaults;
-    options.config.warm = options.mode == "warm";
     s.policy.defaults = defaults;
     s.policy.maxima = maxima;
     s.queue_timeout = std::chrono::milliseconds(options.queue_timeout_ms);

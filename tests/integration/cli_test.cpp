@@ -162,6 +162,34 @@ TEST(Cli, DoctorReportsJailCgroupsAndVersions) {
     EXPECT_NE(result.out.find("numpy version:    1."), std::string::npos) << result.out;
     EXPECT_NE(result.out.find("pandas version:   "), std::string::npos) << result.out;
     EXPECT_NE(result.out.find("wall_ms: 10000 / 300000"), std::string::npos) << result.out;
+    // Hardening: the CPU share, the uid range and where the maxima come from.
+    EXPECT_NE(result.out.find("cpu:              per-run cgroup: equal cpu."), std::string::npos) << result.out;
+    if (geteuid() == 0) {
+        EXPECT_NE(result.out.find("sandbox uids:     100000-101023, one per concurrent run"), std::string::npos)
+            << result.out;
+    }
+    EXPECT_NE(result.out.find("maxima from:      "), std::string::npos) << result.out;
+    EXPECT_NE(result.out.find("cpu_cores: 1 / "), std::string::npos) << result.out;
+}
+
+// Concurrency x the memory maximum must fit the host: the server refuses to
+// start rather than let one request take the instance down.
+TEST(ServerStart, MaximaThatCannotAllFitAreRefused) {
+    char dir_template[] = "/tmp/safepy-server-start-XXXXXX";
+    const std::string dir = mkdtemp(dir_template);
+    const CliResult refused = run_shell(std::string(SAFEPY_SERVER_PATH) +
+                                            " --port 0 --jail bwrap --mode cold --concurrency 4096 --max-memory-bytes 8G",
+                                        dir);
+    EXPECT_EQ(refused.exit_code, 3) << refused.err;
+    EXPECT_NE(refused.err.find("The maxima do not fit this host: 4096 concurrent runs"), std::string::npos)
+        << refused.err;
+    // A cpu_cores maximum above the host's CPUs is refused as well.
+    const CliResult cores = run_shell(std::string(SAFEPY_SERVER_PATH) +
+                                          " --port 0 --jail bwrap --mode cold --max-cpu-cores 100000",
+                                      dir);
+    EXPECT_EQ(cores.exit_code, 3) << cores.err;
+    EXPECT_NE(cores.err.find("cpu_cores maximum 100000"), std::string::npos) << cores.err;
+    std::system(("rm -rf " + dir).c_str());
 }
 
 }  // namespace

@@ -10,8 +10,10 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <mutex>
+#include <regex>
 #include <sstream>
 #include <thread>
 #include <csignal>
@@ -379,8 +381,65 @@ TEST_P(JailTest, ASelfSentSigxcpuIsNotACpuTimeout) {
     expect_bounded();
 }
 
+// Runs at once: a sandbox for two concurrent runs (warm mode keeps a template,
+// and so a host uid, per concurrent run).
+class ConcurrentJailTest : public JailTest {
+protected:
+    std::unique_ptr<Sandbox> two_run_sandbox() {
+        Config two = config();
+        two.concurrency = 2;
+        std::string error;
+        auto sandbox = Sandbox::create(two, error);
+        EXPECT_NE(sandbox, nullptr) << error;
+        if (sandbox) {
+            EXPECT_TRUE(sandbox->wait_ready(30s));
+        }
+        return sandbox;
+    }
+
+    static Request request_for(const char* name, const Limits& limits = Limits{}) {
+        Request request;
+        request.script = read_script(name);
+        request.limits = limits;
+        return request;
+    }
+};
+
+INSTANTIATE_TEST_SUITE_P(Jails, ConcurrentJailTest,
+                         ::testing::Values(JailMode{JailKind::bwrap, false}, JailMode{JailKind::bwrap, true},
+                                           JailMode{JailKind::nsjail, false}, JailMode{JailKind::nsjail, true}),
+                         print_mode);
+
+// Every run has its own CPU share and a quota of cpu_cores: sixty spinning
+// processes in one run leave a victim run next to them most of a CPU.
+TEST_P(ConcurrentJailTest, ARunGetsItsShareOfCpuNextToASpinner) {
+    auto sandbox = two_run_sandbox();
+    ASSERT_NE(sandbox, nullptr);
+    Limits spinner_limits;
+    spinner_limits.processes = 100;
+    spinner_limits.wall = 15s;
+    const Request spinner = request_for("cpu_spinner.py", spinner_limits);
+    const Request victim = request_for("cpu_victim.py");
+    Outcome spun;
+    std::thread hog([&] { spun = sandbox->run(spinner); });
+    std::this_thread::sleep_for(1s);  // the spinners are running
+    const Outcome measured = sandbox->run(victim);
+    hog.join();
+    ASSERT_EQ(spun.status, Status::ok) << spun.error << spun.stderr_bytes;
+    ASSERT_EQ(measured.status, Status::ok) << measured.error << measured.stderr_bytes;
+    std::smatch share;
+    ASSERT_TRUE(std::regex_search(measured.result_json, share, std::regex(R"("cpu_share": ([0-9.e-]+))")))
+        << measured.result_json;
+    std::cout << "victim's share of a CPU next to a 60-process spinner: " << share[1].str() << "\n";
+    EXPECT_GE(std::stod(share[1].str()), 0.4) << measured.result_json;
+    // The spinner was held to its quota: one CPU, however many processes.
+    EXPECT_LT(spun.usage.cpu, 3s * 1.5 + 1s) << spun.usage.cpu.count();
+}
+
 // Only a run cancel_all ended says so: one that timed out by itself keeps its status.
-TEST_P(JailTest, CancelAllEndsRunsInProgressAndSaysSo) {
+TEST_P(ConcurrentJailTest, CancelAllEndsRunsInProgressAndSaysSo) {
+    auto sandbox = two_run_sandbox();
+    ASSERT_NE(sandbox, nullptr);
     Limits short_wall;
     short_wall.wall = 300ms;
     Limits long_wall;
@@ -394,18 +453,41 @@ TEST_P(JailTest, CancelAllEndsRunsInProgressAndSaysSo) {
     const Request loop = request("infinite_loop.py", short_wall);
     const Request sleep = request("sleep_forever.py", long_wall);
     Outcome timed_out, cancelled;
-    std::thread quick([&] { timed_out = m_sandbox->run(loop); });
-    std::thread slow([&] { cancelled = m_sandbox->run(sleep); });
+    std::thread quick([&] { timed_out = sandbox->run(loop); });
+    std::thread slow([&] { cancelled = sandbox->run(sleep); });
     quick.join();
     std::this_thread::sleep_for(500ms);
-    m_sandbox->cancel_all();
+    sandbox->cancel_all();
     slow.join();
     EXPECT_EQ(timed_out.status, Status::timeout) << timed_out.error;
     EXPECT_FALSE(timed_out.cancelled);
     EXPECT_EQ(cancelled.status, Status::sandbox_error) << cancelled.error;
     EXPECT_TRUE(cancelled.cancelled);
     // Later runs are not affected.
-    EXPECT_EQ(run_file("hello.py").status, Status::ok);
+    EXPECT_EQ(sandbox->run(request("hello.py", Limits{})).status, Status::ok);
+}
+
+// Pipe buffer pages are counted per host uid: with a uid per run, one run's
+// pipes never shrink another's.
+TEST_P(ConcurrentJailTest, OneRunsPipesDoNotShrinkAnothersPipes) {
+    auto sandbox = two_run_sandbox();
+    ASSERT_NE(sandbox, nullptr);
+    if (geteuid() != 0) {
+        GTEST_SKIP() << "not root: every run is this user's uid, so per-uid counters are shared";
+    }
+    Limits hog_limits;
+    hog_limits.open_files = 4096;
+    hog_limits.wall = 15s;
+    const Request hog_request = request_for("pipe_hog.py", hog_limits);
+    const Request probe = request_for("pipe_size.py");
+    Outcome hogged;
+    std::thread hog([&] { hogged = sandbox->run(hog_request); });
+    std::this_thread::sleep_for(1500ms);  // the hog holds its pipes
+    const Outcome measured = sandbox->run(probe);
+    hog.join();
+    ASSERT_EQ(hogged.status, Status::ok) << hogged.error << hogged.stderr_bytes;
+    ASSERT_EQ(measured.status, Status::ok) << measured.error << measured.stderr_bytes;
+    EXPECT_EQ(measured.result_json, R"({"pipe_bytes": 65536})");
 }
 
 // isolation between runs
@@ -503,9 +585,13 @@ TEST_P(JailTest, NoPrivilegesAndAnUnprivilegedHostUid) {
     EXPECT_TRUE(contains(r, R"("Seccomp": "2")")) << r;
     EXPECT_FALSE(contains(r, R"("setuid": "worked")")) << r;
     if (geteuid() == 0) {
-        // The sandbox uid maps to 65534 on the host, never to root.
-        EXPECT_TRUE(contains(r, R"("uid_map": ["65534", "65534", "1"])")) << r;
-        EXPECT_TRUE(contains(r, R"("subprocess": "65534")")) << r;
+        // The sandbox uid maps to one of the run uids on the host, never to root.
+        std::smatch match;
+        ASSERT_TRUE(std::regex_search(r, match, std::regex(R"re("uid_map": \["(\d+)", "(\d+)", "1"\])re"))) << r;
+        const unsigned long uid = std::stoul(match[2].str());
+        EXPECT_GE(uid, Config{}.sandbox_uid_base) << r;
+        EXPECT_LT(uid, Config{}.sandbox_uid_base + Config{}.sandbox_uid_count) << r;
+        EXPECT_TRUE(contains(r, "\"subprocess\": \"" + match[2].str() + "\"")) << r;
     }
 }
 

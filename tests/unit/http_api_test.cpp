@@ -85,7 +85,7 @@ TEST(ExecuteBody, RejectsBadLimits) {
     EXPECT_EQ(rejected(R"({"script": "x", "limits": null})"), "\"limits\" must be an object");
     EXPECT_EQ(rejected(R"({"script": "x", "limits": {"wall": 1}})"),
               "Unknown limit \"wall\"; known limits: wall_ms, cpu_ms, memory_bytes, processes, tmp_bytes, "
-              "file_bytes, open_files, stdout_bytes, stderr_bytes, result_bytes");
+              "file_bytes, open_files, stdout_bytes, stderr_bytes, result_bytes, cpu_cores");
 }
 
 TEST(ExecuteBody, RequiresAStringScript) {

@@ -60,7 +60,7 @@ TEST(Limits, CheckLimitsFindsAnyFieldOverTheMaxima) {
 }
 
 TEST(Limits, EveryFieldHasANameAndSummary) {
-    EXPECT_EQ(limit_fields().size(), 10u);
+    EXPECT_EQ(limit_fields().size(), 11u);
     for (const auto& field : limit_fields()) {
         EXPECT_FALSE(field.summary.empty()) << field.name;
         EXPECT_TRUE(get_limit(Limits{}, field.name).has_value()) << field.name;
@@ -102,6 +102,63 @@ TEST(Jail, NamesParse) {
     EXPECT_EQ(parse_jail("nsjail"), JailKind::nsjail);
     EXPECT_EQ(parse_jail("bwrap"), JailKind::bwrap);
     EXPECT_EQ(parse_jail("docker"), std::nullopt);
+}
+
+
+// The Cloud Run recipe: 2 GiB, 2 CPUs, concurrency 2, warm mode.
+HostResources small_host() {
+    HostResources host;
+    host.cpus = 2;
+    host.cpus_source = "test";
+    host.memory_bytes = 2ull << 30;
+    host.memory_source = "test";
+    return host;
+}
+
+TEST(HostMaxima, AnEvenShareOfMemoryAfterTheReserve) {
+    const Limits maxima = host_maxima(default_maxima(), small_host(), 2, true);
+    const std::uint64_t reserve = memory_reserve_bytes(2, true);
+    EXPECT_EQ(maxima.memory_bytes, ((2ull << 30) - reserve) / 2);
+    EXPECT_EQ(maxima.tmp_bytes, maxima.memory_bytes);  // /tmp is memory
+    EXPECT_EQ(maxima.cpu_cores, 2u);
+    EXPECT_EQ(maxima.wall, default_maxima().wall);
+    // Two runs at their maxima, and safepy itself, fit.
+    EXPECT_EQ(check_fits(maxima, small_host(), 2, true), std::nullopt);
+    // A big host is held to the absolute ceilings.
+    HostResources big = small_host();
+    big.memory_bytes = 1ull << 40;
+    big.cpus = 4096;
+    EXPECT_EQ(host_maxima(default_maxima(), big, 1, false).memory_bytes, default_maxima().memory_bytes);
+    EXPECT_EQ(host_maxima(default_maxima(), big, 1, false).cpu_cores, default_maxima().cpu_cores);
+}
+
+TEST(HostMaxima, MaximaThatCannotAllFitAreRefused) {
+    Limits maxima = default_maxima();  // 8 GiB a run
+    maxima.cpu_cores = 2;
+    const auto error = check_fits(maxima, small_host(), 2, true);
+    ASSERT_NE(error, std::nullopt);
+    EXPECT_NE(error->find("2 concurrent runs"), std::string::npos) << *error;
+    EXPECT_NE(error->find("test"), std::string::npos) << *error;  // where the figure came from
+    maxima = host_maxima(default_maxima(), small_host(), 2, true);
+    maxima.cpu_cores = 3;
+    EXPECT_NE(check_fits(maxima, small_host(), 2, true), std::nullopt);
+}
+
+TEST(HostMaxima, DefaultsAreLoweredToFit) {
+    Limits maxima = default_maxima();
+    maxima.memory_bytes = 256u << 20;
+    const Limits fitted = fit_defaults(Limits{}, maxima);
+    EXPECT_EQ(fitted.memory_bytes, 256u << 20);
+    EXPECT_EQ(fitted.wall, Limits{}.wall);
+    EXPECT_EQ(check_limits(fitted, maxima), std::nullopt);
+}
+
+TEST(HostMaxima, TheHostIsRead) {
+    const HostResources host = read_host_resources();
+    EXPECT_GE(host.cpus, 1u);
+    EXPECT_GT(host.memory_bytes, 0u);
+    EXPECT_FALSE(host.memory_source.empty());
+    EXPECT_FALSE(host.cpus_source.empty());
 }
 
 }  // namespace

@@ -36,8 +36,9 @@ std::string error_body(const HttpError& error);
 int http_status(Status status);
 
 // The largest limits a network service allows by default: default_maxima()
-// with output caps that keep one response's memory to tens of MiB.
-Limits service_maxima();
+// sized to this host for `concurrency` runs (see host_maxima), with output
+// caps that keep one response's memory to tens of MiB.
+Limits service_maxima(std::size_t concurrency = 1, bool warm = true);
 
 // What POST /execute accepts.
 struct ExecutePolicy {

@@ -50,12 +50,44 @@ struct Limits {
     std::uint64_t stdout_bytes = 1ull << 20;
     std::uint64_t stderr_bytes = 1ull << 20;
     std::uint64_t result_bytes = 16ull << 20;  // main()'s serialised return value
+    std::uint32_t cpu_cores = 1;  // CPU quota: at most this many CPUs' worth of time at once
 
     bool operator==(const Limits&) const = default;
 };
 
-// The largest values an operator allows by default; a request cannot exceed them.
+// The absolute ceilings, whatever the host: no configuration goes above them.
 Limits default_maxima();
+
+// What the host gives safepy, for sizing the maxima.
+struct HostResources {
+    std::uint32_t cpus = 1;
+    std::string cpus_source;          // e.g. "sched_getaffinity", "cgroup cpu.max of /x"
+    std::uint64_t memory_bytes = 0;   // memory safepy may use in all: server, templates, runs
+    std::string memory_source;        // e.g. "cgroup memory.max of /x", "MemAvailable"
+};
+
+// Reads this process's CPUs (affinity, cgroup quota) and memory (its cgroup's
+// limit, else MemAvailable).
+HostResources read_host_resources();
+
+// Memory kept back for safepy itself: the server, and in warm mode a template
+// per concurrent run.
+std::uint64_t memory_reserve_bytes(std::size_t concurrency, bool warm);
+
+// `ceiling` lowered to what one of `concurrency` runs may take of `host`:
+// memory and /tmp (which is memory) to an even share after the reserve,
+// cpu_cores to the host's CPUs.
+Limits host_maxima(const Limits& ceiling, const HostResources& host, std::size_t concurrency, bool warm);
+
+// Why `concurrency` runs at `maxima` cannot fit on `host`; empty when they can.
+std::optional<std::string> check_fits(const Limits& maxima, const HostResources& host, std::size_t concurrency,
+                                      bool warm);
+
+// `defaults` with each field lowered to at most `maxima`.
+Limits fit_defaults(Limits defaults, const Limits& maxima);
+
+// default_maxima() sized for one run on this host (read once per process).
+Limits local_maxima();
 
 // One limit by name, for CLI flags and request fields.
 struct LimitField {
@@ -102,12 +134,19 @@ struct Config {
     std::string bwrap_path;                // empty: search PATH
     std::string python_path = "/usr/bin/python3";
     std::string nsjail_config_path;        // empty: the embedded nsjail/safepy.cfg
-    std::uint32_t sandbox_uid = 65534;     // host uid the script runs as
-    std::uint32_t sandbox_gid = 65534;
     bool require_cgroup = false;           // refuse to start without a per-run cgroup
     std::size_t max_script_bytes = 1u << 20;
-    Limits defaults;                   // what a request starts from
-    Limits maxima = default_maxima();  // what no request may exceed
+    Limits defaults;                 // what a request starts from
+    Limits maxima = local_maxima();  // what no request may exceed
+    // Runs at once. Sandbox::create refuses maxima that many runs could not
+    // all have, and in warm mode keeps a template per concurrent run.
+    std::size_t concurrency = 1;
+    // Host uids and gids for runs: each concurrent run gets its own, from
+    // [sandbox_uid_base, sandbox_uid_base + sandbox_uid_count), so per-uid
+    // kernel counters (pipe buffers, descriptors in flight, inotify, mqueue)
+    // are never shared between runs. Used when started as root.
+    std::uint32_t sandbox_uid_base = 100000;
+    std::uint32_t sandbox_uid_count = 1024;
     // Warm mode: a template inside the jail imports `warm_preload` once and
     // forks a prepared child per run, each with its own namespaces, /tmp,
     // limits and seccomp filter. Cold mode starts a fresh jail per run.
@@ -156,6 +195,9 @@ struct Diagnostics {
     std::string resource_control;
     std::string cgroup_path;
     std::string python_path;
+    std::string cpu_mode;            // how CPU is shared between runs (share, quota) or why it is not
+    std::string uid_range;           // the host uids runs get
+    std::string maxima_source;       // how the host's resources size the maxima
     std::vector<std::string> notes;  // e.g. why a cgroup is not used
     // Filled by a probe run inside the sandbox:
     Status probe_status = Status::sandbox_error;
