@@ -26,7 +26,7 @@ struct Sandbox::Impl {
     Cgroups cgroups;
     std::string policy;  // bwrap: seccomp BPF; nsjail: config text
     std::string kafel;
-    std::string bpf;  // the deny-list as BPF: bwrap's --seccomp, and warm children install it themselves
+    std::string bpf;  // the seccomp allow-list as BPF: bwrap's --seccomp, and warm children install it themselves
     std::vector<std::string> notes;
     std::unique_ptr<WarmPool> pool;
     mutable std::atomic<std::uint64_t> cancel_generation{0};
