@@ -212,8 +212,13 @@ SeccompProgram compile_seccomp_bpf() {
     // Only the native arch is in the filter: i386 calls (int 0x80) and x32
     // calls (numbers with k_x32_syscall_bit) take the bad-arch action.
     int rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
+    // A binary search over the call numbers: a linear chain of some 170
+    // comparisons would cost every system call hundreds of nanoseconds.
+    if (rc == 0) {
+        rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2);
+    }
     if (rc != 0) {
-        program.error = "setting the seccomp bad-arch action failed: errno " + std::to_string(-rc);
+        program.error = "setting the seccomp filter attributes failed: errno " + std::to_string(-rc);
         seccomp_release(ctx);
         return program;
     }
