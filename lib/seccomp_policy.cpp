@@ -62,7 +62,8 @@ std::string kafel_condition(const SeccompRule& rule, bool refused_side) {
     std::string condition;
     if (rule.kind == Kind::allow_if_equal) {
         for (const auto value : rule.values) {
-            condition += (condition.empty() ? "" : " || ") + arg + (refused_side ? " != " : " == ") + hex(value);
+            condition += (condition.empty() ? "" : refused_side ? " && " : " || ") + arg + (refused_side ? " != " : " == ") +
+                         hex(value);
         }
     } else if (rule.kind == Kind::allow_if_masked) {
         condition = "(" + arg + " & " + hex(rule.mask) + ") == " + hex(rule.value);
@@ -101,8 +102,8 @@ std::string kafel_statement(const std::string& action, const SeccompRule& rule, 
 // warm (tests/tools/trace_syscalls.py), then reviewed by hand: a few siblings
 // of traced calls are added so that ordinary programs a script may start
 // (/bin/sh, coreutils) and the older entry points of the same operation work
-// too. Everything runs inside the jail's namespaces, so "safe" below means:
-// touches only the run's own processes, files under /tmp and memory.
+// too. What an allowed call can reach is the run's own: its processes (PID
+// namespace), its files (/tmp; the rest is read-only) and its memory.
 const std::vector<SeccompRule>& seccomp_rules() {
     static const std::vector<SeccompRule> rules = {
         // Files and descriptors (the only writable file system is /tmp).

@@ -6,7 +6,7 @@
 # argument. As root, after a build:
 #   tests/tools/trace_syscalls.py build/cli/safepy tests/scripts/*.py
 # Options (before the scripts): --mode cold|warm (both by default),
-# --jail bwrap|nsjail. The output is reviewed by hand (lib/seccomp_policy.cpp).
+# --jail bwrap|nsjail, --nsjail PATH. The output is reviewed by hand (lib/seccomp_policy.cpp).
 import collections
 import os
 import re
@@ -65,7 +65,7 @@ def parse(path, counts, arguments):
 
 def main():
     arguments_left = sys.argv[1:]
-    modes, jail = ["cold", "warm"], "bwrap"
+    modes, jail, jail_options = ["cold", "warm"], "bwrap", []
     while arguments_left and arguments_left[0].startswith("--"):
         option, value = arguments_left[0], arguments_left[1]
         arguments_left = arguments_left[2:]
@@ -73,6 +73,8 @@ def main():
             modes = [value]
         elif option == "--jail":
             jail = value
+        elif option == "--nsjail":
+            jail_options = ["--nsjail", value]
     cli, scripts = arguments_left[0], arguments_left[1:]
     counts = collections.Counter()
     arguments = collections.defaultdict(collections.Counter)
@@ -80,7 +82,7 @@ def main():
         for mode in modes:
             for script in scripts:
                 out = os.path.join(directory, "trace")
-                subprocess.run(["strace", "-f", "-qq", "--pidns-translation", "-o", out, cli, "run", "--jail", jail, "--mode", mode,
+                subprocess.run(["strace", "-f", "-qq", "--pidns-translation", "-o", out, cli, "run", "--jail", jail, *jail_options, "--mode", mode,
                                 "--wall-ms", "4000", script], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, timeout=120)
                 before = len(counts)
