@@ -28,7 +28,7 @@ struct Sandbox::Impl {
     Cgroups cgroups;
     std::string policy;  // bwrap: seccomp BPF; nsjail: config text
     std::string kafel;
-    std::string bpf;  // the deny-list as BPF: bwrap's --seccomp, and warm children install it themselves
+    std::string bpf;  // the seccomp allow-list as BPF: bwrap's --seccomp, and warm children install it themselves
     std::vector<std::string> notes;
     HostResources host;
     std::unique_ptr<UidPool> uids;  // when started as root

@@ -4,7 +4,7 @@
 # It imports the heavy modules once, then forks a prepared child for each slot
 # the host asks for. It never runs user code: only its children do, each in
 # fresh mount, PID, network, IPC, UTS and user namespaces, with a fresh /tmp,
-# its own limits and the seccomp deny-list, and without any descriptor that
+# its own limits and the seccomp allow-list, and without any descriptor that
 # leads back here.
 #
 # Protocol (SOCK_SEQPACKET). Host -> template on CONTROL_FD: b"spawn" with one
