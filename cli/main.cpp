@@ -52,6 +52,12 @@ void add_sandbox_options(CLI::App& command, Options& options) {
     command.add_option("--python", options.config.python_path, "Python inside the sandbox")->capture_default_str();
     command.add_option("--nsjail-config", options.config.nsjail_config_path,
                        "nsjail policy file (default: the built-in nsjail/safepy.cfg)");
+    command.add_option("--uid-base", options.config.sandbox_uid_base, "first host uid (and gid) for runs, as root")
+        ->check(CLI::Range(1u, 0xFFFFFFF0u))
+        ->capture_default_str();
+    command.add_option("--uid-count", options.config.sandbox_uid_count, "how many host uids runs may use")
+        ->check(CLI::Range(1u, 1'000'000u))
+        ->capture_default_str();
 }
 
 void add_limit_options(CLI::App& command, Options& options) {

@@ -147,6 +147,14 @@ void add_options(CLI::App& app, Options& options) {
     with_env(app.add_option("--nsjail-config", options.config.nsjail_config_path,
                                          "nsjail policy file (default: the built-in nsjail/safepy.cfg)"),
                           "SAFEPY_NSJAIL_CONFIG");
+    with_env(app.add_option("--uid-base", options.config.sandbox_uid_base,
+                            "first host uid (and gid) for runs; each concurrent run gets its own")
+                 ->check(CLI::Range(1u, 0xFFFFFFF0u)),
+             "SAFEPY_UID_BASE");
+    with_env(app.add_option("--uid-count", options.config.sandbox_uid_count,
+                            "how many host uids from --uid-base runs may use (at least the concurrency)")
+                 ->check(CLI::Range(1u, 1'000'000u)),
+             "SAFEPY_UID_COUNT");
     app.add_flag("--require-cgroup", options.config.require_cgroup, "refuse to start without a per-run cgroup")
         ->envname("SAFEPY_REQUIRE_CGROUP");
     with_env(app.add_option("--mode", options.mode,

@@ -172,6 +172,17 @@ TEST(Cli, DoctorReportsJailCgroupsAndVersions) {
     EXPECT_NE(result.out.find("cpu_cores: 1 / "), std::string::npos) << result.out;
 }
 
+TEST(Cli, TheSandboxUidRangeIsConfigurable) {
+    if (geteuid() != 0) {
+        GTEST_SKIP() << "not root: runs are this user's uid, no range applies";
+    }
+    const CliResult result = run_cli("run --jail bwrap --uid-base 150000 --uid-count 5 privileges.py");
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    EXPECT_NE(result.out.find(R"("uid_map": ["15000)"), std::string::npos) << result.out;
+    const CliResult bad = run_cli("run --jail bwrap --uid-base 0 privileges.py");
+    EXPECT_EQ(bad.exit_code, 2) << bad.err;
+}
+
 // Concurrency x the memory maximum must fit the host: the server refuses to
 // start rather than let one request take the instance down.
 TEST(ServerStart, MaximaThatCannotAllFitAreRefused) {
