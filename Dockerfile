@@ -95,7 +95,7 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["/usr/bin/python3", "-I", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'), timeout=4)"]
 # The server is PID 1 (exec form): it receives SIGTERM and drains in-flight runs.
-# It starts as root: it creates per-run cgroups and starts nsjail as uid 65534.
+# It starts as root: it creates per-run cgroups and starts nsjail as a uid of its own per concurrent run (100000 and up).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/opt/safepy/bin/safepy-server"]
 CMD ["--jail", "nsjail", "--nsjail", "/opt/safepy/bin/nsjail"]
