@@ -146,7 +146,8 @@ WarmSettings warm_settings(const Sandbox::Impl& impl) {
     plan.limits = impl.config.maxima;
     plan.limits.tmp_bytes = impl.config.defaults.tmp_bytes;
     settings.template_spawn = base_spawn(impl, plan);
-    settings.template_spawn.script = impl.bpf;  // the children's filter, on the template's script descriptor
+    // The containment library and the children's filter, on the template's script descriptor.
+    settings.template_spawn.script = template_payload(embedded_contain_library(), impl.bpf);
     settings.template_spawn.rlimit_memory = false;
     settings.template_spawn.unlimited_cpu = true;
     settings.template_argv = [plan](std::uint32_t uid) {

@@ -62,18 +62,21 @@ Fd memory_file(const char* name, const std::string& content) {
 
 // What the child reports through the exec-error pipe when set-up fails.
 struct ChildFailure {
-    int step;
+    char step[48];
     int error_number;
 };
 
-const char* const k_child_steps[] = {"setpgid", "joining the cgroup", "arranging descriptors", "setrlimit",
-                                     "setgroups", "setresgid", "setresuid", "prctl", "execve"};
-
-[[noreturn]] void child_fail(int report_fd, int step) {
-    const ChildFailure failure{step, errno};
-    [[maybe_unused]] auto ignored = write(report_fd, &failure, sizeof failure);
+[[noreturn]] void child_fail(int report_fd, const contain::Failure& failure) {
+    ChildFailure report{};
+    for (std::size_t i = 0; failure.step[i] != '\0' && i + 1 < sizeof report.step; ++i) {
+        report.step[i] = failure.step[i];
+    }
+    report.error_number = failure.error_number;
+    [[maybe_unused]] auto ignored = write(report_fd, &report, sizeof report);
     _exit(127);
 }
+
+[[noreturn]] void child_fail(int report_fd, const char* step) { child_fail(report_fd, contain::Failure{step, errno}); }
 
 // Writes a decimal pid without allocating (we are between fork and exec).
 bool write_pid(int fd, pid_t pid) {
@@ -88,8 +91,7 @@ bool write_pid(int fd, pid_t pid) {
 
 struct ChildPlan {
     std::array<int, 7> target_fds;  // source descriptor for 0..6, -1: leave closed
-    std::vector<rlimit> limits;
-    std::vector<int> resources;
+    contain::RlimitPlan rlimits;
 };
 
 // Only async-signal-safe calls from here to execve: the parent may be a
@@ -98,11 +100,11 @@ struct ChildPlan {
                             char* const* envp) {
     const int parent = getppid();
     if (setpgid(0, 0) != 0) {
-        child_fail(report_fd, 0);
+        child_fail(report_fd, "setpgid");
     }
     for (int fd : spec.cgroup_join_fds) {
         if (!write_pid(fd, getpid())) {
-            child_fail(report_fd, 1);
+            child_fail(report_fd, "joining the cgroup");
         }
     }
     // Move every source out of the way first so that dup2 cannot clobber one.
@@ -110,17 +112,17 @@ struct ChildPlan {
     for (std::size_t i = 0; i < plan.target_fds.size(); ++i) {
         moved[i] = plan.target_fds[i] < 0 ? -1 : fcntl(plan.target_fds[i], F_DUPFD_CLOEXEC, 64);
         if (plan.target_fds[i] >= 0 && moved[i] < 0) {
-            child_fail(report_fd, 2);
+            child_fail(report_fd, "arranging descriptors");
         }
     }
     const int report = fcntl(report_fd, F_DUPFD_CLOEXEC, 64 + static_cast<int>(moved.size()));
     if (report < 0) {
-        child_fail(report_fd, 2);
+        child_fail(report_fd, "arranging descriptors");
     }
     report_fd = report;
     for (std::size_t i = 0; i < moved.size(); ++i) {
         if (moved[i] >= 0 && dup2(moved[i], static_cast<int>(i)) < 0) {
-            child_fail(report_fd, 2);
+            child_fail(report_fd, "arranging descriptors");
         }
         // A slot we do not fill must not pass on whatever the caller had
         // there (a file, a client's socket).
@@ -128,64 +130,35 @@ struct ChildPlan {
             close(static_cast<int>(i));
         }
     }
-    if (syscall(SYS_close_range, moved.size(), ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
-        child_fail(report_fd, 2);
+    // The steps of lib/contain.cpp that apply before exec (the jail does the rest).
+    if (auto failure = contain::close_descriptors_from(moved.size(), true); !failure.ok()) {
+        child_fail(report_fd, failure);
     }
-    for (std::size_t i = 0; i < plan.resources.size(); ++i) {
-        if (setrlimit(plan.resources[i], &plan.limits[i]) != 0) {
-            child_fail(report_fd, 3);
-        }
+    if (auto failure = contain::set_rlimits(plan.rlimits); !failure.ok()) {
+        child_fail(report_fd, failure);
     }
     if (spec.drop_privileges) {
-        if (setgroups(0, nullptr) != 0) {
-            child_fail(report_fd, 4);
-        }
-        if (setresgid(spec.gid, spec.gid, spec.gid) != 0) {
-            child_fail(report_fd, 5);
-        }
-        if (setresuid(spec.uid, spec.uid, spec.uid) != 0) {
-            child_fail(report_fd, 6);
+        if (auto failure = contain::drop_credentials(spec.uid, spec.gid); !failure.ok()) {
+            child_fail(report_fd, failure);
         }
     }
     // Set after the uid change, which clears it.
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
-        child_fail(report_fd, 7);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
+        child_fail(report_fd, "prctl(PR_SET_PDEATHSIG)");
+    }
+    if (auto failure = contain::no_new_privs(); !failure.ok()) {
+        child_fail(report_fd, failure);
     }
     if (getppid() != parent) {
         _exit(127);
     }
     execve(argv[0], argv, envp);
-    child_fail(report_fd, 8);
+    child_fail(report_fd, "execve");
 }
 
 ChildPlan make_child_plan(const SpawnSpec& spec) {
     ChildPlan plan{};
-    // Without CAP_SYS_RESOURCE nothing can go above the current hard limit
-    // (a container's ulimit): ask for at most that rather than fail.
-    auto add = [&plan](int resource, rlim_t soft, rlim_t hard) {
-        rlimit current{};
-        if (getrlimit(resource, &current) == 0 && current.rlim_max != RLIM_INFINITY) {
-            hard = std::min(hard, current.rlim_max);
-            soft = std::min(soft, hard);
-        }
-        plan.resources.push_back(resource);
-        plan.limits.push_back({soft, hard});
-    };
-    const auto cpu_seconds = static_cast<rlim_t>(rlimit_cpu_seconds(spec.limits, !spec.rlimit_memory));
-    // Soft limit: SIGXCPU, which the classifier reads as a CPU timeout; the
-    // hard limit one second later is the backstop.
-    if (spec.unlimited_cpu) {
-        add(RLIMIT_CPU, RLIM_INFINITY, RLIM_INFINITY);
-    } else {
-        add(RLIMIT_CPU, cpu_seconds, cpu_seconds + 1);
-    }
-    add(RLIMIT_FSIZE, spec.limits.file_bytes, spec.limits.file_bytes);
-    add(RLIMIT_NOFILE, spec.limits.open_files, spec.limits.open_files);
-    add(RLIMIT_CORE, 0, 0);
-    if (spec.rlimit_memory) {
-        add(RLIMIT_AS, spec.limits.memory_bytes, spec.limits.memory_bytes);
-        add(RLIMIT_NPROC, spec.limits.processes, spec.limits.processes);
-    }
+    plan.rlimits = contain::rlimit_plan(run_limits(spec.limits, Mode::run, spec.rlimit_memory, spec.unlimited_cpu));
     return plan;
 }
 
@@ -227,6 +200,21 @@ std::chrono::milliseconds to_ms(const timeval& tv) {
 }
 
 }  // namespace
+
+safepy_run_limits run_limits(const Limits& limits, Mode mode, bool rlimit_memory, bool unlimited_cpu) {
+    safepy_run_limits out{};
+    out.magic = SAFEPY_RUN_MAGIC;
+    out.mode = mode == Mode::check ? SAFEPY_MODE_CHECK : SAFEPY_MODE_RUN;
+    out.tmp_bytes = limits.tmp_bytes;
+    out.cpu_seconds = rlimit_cpu_seconds(limits, !rlimit_memory);
+    out.file_bytes = limits.file_bytes;
+    out.open_files = limits.open_files;
+    out.memory_bytes = limits.memory_bytes;
+    out.processes = limits.processes;
+    out.rlimit_memory = rlimit_memory ? 1 : 0;
+    out.unlimited_cpu = unlimited_cpu ? 1 : 0;
+    return out;
+}
 
 Job start_jail(const SpawnSpec& spec, std::string& error) {
     Job job;
@@ -276,7 +264,8 @@ Job start_jail(const SpawnSpec& spec, std::string& error) {
     if (got == static_cast<ssize_t>(sizeof failure)) {
         int status = 0;
         waitpid(pid, &status, 0);
-        error = std::string("starting the jail failed at ") + k_child_steps[failure.step] + ": " +
+        failure.step[sizeof failure.step - 1] = '\0';
+        error = std::string("starting the jail failed at ") + failure.step + ": " +
                 std::strerror(failure.error_number);
         return job;
     }

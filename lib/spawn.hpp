@@ -3,6 +3,7 @@
 // caps enforced while reading, a wall-clock timer and CPU accounting.
 #pragma once
 
+#include "contain.hpp"
 #include "fd.hpp"
 #include "safepy/safepy.hpp"
 
@@ -53,6 +54,10 @@ struct Job {
 inline std::uint64_t rlimit_cpu_seconds(const Limits& limits, bool cgroup_accounting) {
     return static_cast<std::uint64_t>((limits.cpu.count() + 999) / 1000) + (cgroup_accounting ? 1 : 0);
 }
+
+// The rlimit inputs of a run (lib/contain.cpp's rlimit_plan decides the rlimits
+// from them, for cold and warm runs alike).
+safepy_run_limits run_limits(const Limits& limits, Mode mode, bool rlimit_memory, bool unlimited_cpu);
 
 // Starts the jail; on failure returns a job with pid -1 and sets `error`.
 Job start_jail(const SpawnSpec& spec, std::string& error);

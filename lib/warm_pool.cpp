@@ -93,16 +93,12 @@ bool receive_with_credentials(int socket, std::string& message, ucred& credentia
     return found;
 }
 
+// "run " and the run's limits as lib/contain.hpp lays them out.
 std::string run_header(const Request& request, bool rlimit_memory) {
-    const Limits& limits = request.limits;
-    return "run {\"mode\": \"" + std::string(request.mode == Mode::check ? "check" : "run") +
-           "\", \"tmp_bytes\": " + std::to_string(limits.tmp_bytes) +
-           ", \"cpu_seconds\": " + std::to_string(rlimit_cpu_seconds(limits, !rlimit_memory)) +
-           ", \"file_bytes\": " + std::to_string(limits.file_bytes) +
-           ", \"open_files\": " + std::to_string(limits.open_files) +
-           ", \"memory_bytes\": " + std::to_string(limits.memory_bytes) +
-           ", \"processes\": " + std::to_string(limits.processes) +
-           ", \"rlimit_memory\": " + (rlimit_memory ? "true" : "false") + "}";
+    const safepy_run_limits limits = run_limits(request.limits, request.mode, rlimit_memory, false);
+    std::string header = "run ";
+    header.append(reinterpret_cast<const char*>(&limits), sizeof limits);
+    return header;
 }
 
 Fd sealed_memory_file(const std::string& content) {
@@ -140,6 +136,17 @@ constexpr auto k_ready_timeout = std::chrono::seconds(20);
 constexpr auto k_exit_report_timeout = std::chrono::seconds(2);
 
 }  // namespace
+
+std::string template_payload(std::string_view contain_library, std::string_view bpf) {
+    std::string payload(8, '\0');
+    std::uint64_t length = contain_library.size();
+    for (int i = 0; i < 8; ++i) {
+        payload[static_cast<std::size_t>(i)] = static_cast<char>((length >> (8 * i)) & 0xff);
+    }
+    payload.append(contain_library);
+    payload.append(bpf);
+    return payload;
+}
 
 // One template: a jail with its own host uid. Its children share that uid,
 // so it serves one run at a time.

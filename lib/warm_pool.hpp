@@ -14,11 +14,12 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace safepy {
 
 struct WarmSettings {
-    SpawnSpec template_spawn;     // the template's jail (JailPlan::warm_template); script = the BPF for the children
+    SpawnSpec template_spawn;     // the template's jail (JailPlan::warm_template); script = template_payload()
     std::function<std::vector<std::string>(std::uint32_t uid)> template_argv;  // the jail's argv for a template's uid
     const Cgroups* cgroups = nullptr;
     UidPool* uids = nullptr;      // when set, each template runs as a uid of its own
@@ -26,6 +27,11 @@ struct WarmSettings {
     std::size_t pool_size = 2;    // children kept prepared, over all templates
     Limits defaults;  // limits a prepared child's cgroup starts with
 };
+
+// What the template reads on its script descriptor: the length of the
+// containment library (8 bytes, little-endian), the library, then the
+// children's seccomp filter (BPF).
+std::string template_payload(std::string_view contain_library, std::string_view bpf);
 
 struct WarmRun {
     SpawnResult spawned;
