@@ -135,6 +135,54 @@ std::string read_available(int fd, std::size_t cap) {
 constexpr auto k_ready_timeout = std::chrono::seconds(20);
 constexpr auto k_exit_report_timeout = std::chrono::seconds(2);
 
+// A warm child during its run. Its parent, the reaper (which never runs user
+// code), reports how it ended on the slot socket.
+class WarmChild final : public RunProcess {
+public:
+    WarmChild(int pidfd, int socket, const RunCgroup* cgroup) : m_pidfd(pidfd), m_socket(socket), m_cgroup(cgroup) {}
+
+    void kill() override { syscall(SYS_pidfd_send_signal, m_pidfd, SIGKILL, nullptr, 0); }
+
+    bool reap(int& status, rusage& usage) override {
+        if (!wait_readable(m_socket, k_exit_report_timeout)) {
+            return false;
+        }
+        char buffer[128];
+        const ssize_t got = recv(m_socket, buffer, sizeof buffer - 1, 0);
+        if (got <= 0) {
+            return false;
+        }
+        buffer[got] = '\0';
+        long long raw = 0, cpu_ms = 0, rss_kb = 0;
+        if (std::sscanf(buffer, "exit %lld %lld %lld", &raw, &cpu_ms, &rss_kb) != 3) {
+            return false;
+        }
+        status = static_cast<int>(raw);
+        usage.ru_utime.tv_sec = static_cast<time_t>(cpu_ms / 1000);
+        usage.ru_utime.tv_usec = static_cast<suseconds_t>((cpu_ms % 1000) * 1000);
+        usage.ru_maxrss = static_cast<long>(rss_kb);
+        return true;
+    }
+
+    std::optional<std::uint64_t> cpu_microseconds() const override {
+        if (!m_cgroup) {
+            return std::nullopt;
+        }
+        return m_cgroup->cpu_microseconds();
+    }
+
+    void kill_all() override {
+        if (m_cgroup) {
+            m_cgroup->kill_all();
+        }
+    }
+
+private:
+    int m_pidfd;  // owned by the run's channels
+    int m_socket;
+    const RunCgroup* m_cgroup;
+};
+
 }  // namespace
 
 std::string template_payload(std::string_view contain_library, std::string_view bpf) {
@@ -153,7 +201,7 @@ std::string template_payload(std::string_view contain_library, std::string_view 
 struct Template {
     std::optional<UidLease> uid;  // held for the pool's life; empty when not root
     std::mutex control_mutex;     // one "spawn" message at a time on the control socket
-    Job job;
+    Jail job;
     Fd control;
     std::string log;
     std::unique_ptr<RunCgroup> cgroup;
@@ -183,23 +231,23 @@ struct WarmPool::Impl {
     }
 
     static bool template_alive(const Template& t) {
-        if (t.job.pid < 0) {
+        if (t.job.process.pid() < 0) {
             return false;
         }
-        pollfd item{t.job.pidfd.get(), POLLIN, 0};
+        pollfd item{t.job.channels.pidfd.get(), POLLIN, 0};
         return poll(&item, 1, 0) == 0;
     }
 
     void stop_template(Template& t) {
-        if (t.job.pid >= 0) {
-            t.job.kill();
+        if (t.job.process.pid() >= 0) {
+            t.job.process.kill();
             int status;
             rusage usage;
-            t.job.reap(status, usage);
-            t.log += read_available(t.job.err.get(), 16 * 1024);
-            t.log += read_available(t.job.log.get(), 16 * 1024);
+            t.job.process.reap(status, usage);
+            t.log += read_available(t.job.channels.err.get(), 16 * 1024);
+            t.log += read_available(t.job.channels.log.get(), 16 * 1024);
         }
-        t.job = Job();
+        t.job = Jail();
         {
             std::lock_guard lock(t.control_mutex);
             t.control.reset();
@@ -243,14 +291,14 @@ struct WarmPool::Impl {
             spec.cgroup_join_fds = t.cgroup->join_fds();
         }
         t.job = start_jail(spec, error);
-        if (t.job.pid < 0) {
+        if (t.job.process.pid() < 0) {
             return false;
         }
-        fcntl(t.job.err.get(), F_SETFL, O_NONBLOCK);
-        if (t.job.log) {
-            fcntl(t.job.log.get(), F_SETFL, O_NONBLOCK);
+        fcntl(t.job.channels.err.get(), F_SETFL, O_NONBLOCK);
+        if (t.job.channels.log) {
+            fcntl(t.job.channels.log.get(), F_SETFL, O_NONBLOCK);
         }
-        t.job.out.reset();  // the template prints nothing; a write would fail, not block
+        t.job.channels.out.reset();  // the template prints nothing; a write would fail, not block
         std::lock_guard lock(t.control_mutex);
         t.control = std::move(host);
         return true;
@@ -327,8 +375,8 @@ struct WarmPool::Impl {
         std::string error;
         auto slot = make_slot(t, error);
         if (!slot) {
-            t.log += read_available(t.job.err.get(), 16 * 1024);
-            t.log += read_available(t.job.log.get(), 16 * 1024);  // nsjail's own log
+            t.log += read_available(t.job.channels.err.get(), 16 * 1024);
+            t.log += read_available(t.job.channels.log.get(), 16 * 1024);  // nsjail's own log
             if (t.log.size() > 16 * 1024) {
                 t.log.erase(0, t.log.size() - 16 * 1024);
             }
@@ -493,7 +541,7 @@ bool WarmPool::wait_ready(std::chrono::milliseconds timeout) const {
     return m_impl->changed.wait_for(lock, timeout, [this] { return m_impl->any_up(); });
 }
 
-WarmRun WarmPool::run(const Request& request, std::function<bool()> cancelled) {
+WarmRun WarmPool::run(const Request& request, int cancel_fd) {
     WarmRun run;
     std::unique_ptr<Slot> slot;
     Template* owner = nullptr;
@@ -561,50 +609,19 @@ WarmRun WarmPool::run(const Request& request, std::function<bool()> cancelled) {
         return run;
     }
 
-    Job job;
-    job.pid = slot->pid;
-    job.pidfd = std::move(slot->pidfd);
-    job.out = std::move(out_read);
-    job.err = std::move(err_read);
-    job.result = std::move(result_read);
-    job.started = started;
-    const int pidfd = job.pidfd.get();
-    job.kill = [pidfd] { syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0); };
-    const int socket = slot->socket.get();
-    job.reap = [socket](int& status, rusage& usage) {
-        // The reaper (the child's parent, which never runs user code) reports.
-        if (!wait_readable(socket, k_exit_report_timeout)) {
-            return false;
-        }
-        char buffer[128];
-        const ssize_t got = recv(socket, buffer, sizeof buffer - 1, 0);
-        if (got <= 0) {
-            return false;
-        }
-        buffer[got] = '\0';
-        long long raw = 0, cpu_ms = 0, rss_kb = 0;
-        if (std::sscanf(buffer, "exit %lld %lld %lld", &raw, &cpu_ms, &rss_kb) != 3) {
-            return false;
-        }
-        status = static_cast<int>(raw);
-        usage.ru_utime.tv_sec = static_cast<time_t>(cpu_ms / 1000);
-        usage.ru_utime.tv_usec = static_cast<suseconds_t>((cpu_ms % 1000) * 1000);
-        usage.ru_maxrss = static_cast<long>(rss_kb);
-        return true;
-    };
-    DrainSpec drain;
-    drain.limits = request.limits;
-    drain.cancelled = std::move(cancelled);
+    WarmChild child(slot->pidfd.get(), slot->socket.get(), slot->cgroup.get());
+    RunChannels channels;
+    channels.pidfd = std::move(slot->pidfd);
+    channels.out = std::move(out_read);
+    channels.err = std::move(err_read);
+    channels.result = std::move(result_read);
+    channels.started = started;
     const RunCgroup* cgroup = slot->cgroup.get();
-    if (cgroup) {
-        drain.cpu_microseconds = [cgroup] { return cgroup->cpu_microseconds(); };
-        drain.kill_all = [cgroup] { cgroup->kill_all(); };
-    }
-    run.spawned = drain_job(job, drain);
+    run.spawned = supervise(child, std::move(channels), request.limits, cancel_fd);
     if (cgroup) {
         run.usage = cgroup->usage();
     }
-    // drain_job killed whatever was left in the cgroup; removing the empty
+    // The supervisor killed whatever was left in the cgroup; removing the empty
     // directories is the manager's job (give_back hands the slot over).
     return run;
 }

@@ -48,7 +48,8 @@ public:
     WarmPool& operator=(const WarmPool&) = delete;
 
     // Runs one request on a prepared child. Safe from many threads.
-    WarmRun run(const Request& request, std::function<bool()> cancelled);
+    // cancel_fd: an eventfd that ends the run when signalled, or -1.
+    WarmRun run(const Request& request, int cancel_fd);
 
     // "ready (N prepared)" or why the template is not running.
     std::string state() const;
