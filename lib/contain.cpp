@@ -257,7 +257,7 @@ bool make_plan(const safepy_contain_request& request, uint32_t uid, uint32_t gid
         return true;
     }
     const safepy_run_limits& limits = request.limits;
-    if (limits.magic != SAFEPY_RUN_MAGIC) {
+    if (limits.magic != SAFEPY_PROTOCOL_MAGIC) {
         why = "the run's limits are not a safepy_run_limits";
         return false;
     }

@@ -8,29 +8,12 @@
 // child of a threaded Python).
 #pragma once
 
+#include "template_protocol.hpp"
+
 #include <stddef.h>
 #include <stdint.h>
 
 extern "C" {
-
-// The limits of one warm run: sent by the host after "run " on the slot
-// socket, byte for byte (lib/template.py mirrors this as a ctypes.Structure).
-struct safepy_run_limits {
-    uint32_t magic;  // SAFEPY_RUN_MAGIC
-    uint32_t mode;   // SAFEPY_MODE_RUN or SAFEPY_MODE_CHECK
-    uint64_t tmp_bytes;
-    uint64_t cpu_seconds;  // RLIMIT_CPU soft limit; the hard one is a second later
-    uint64_t file_bytes;
-    uint64_t open_files;
-    uint64_t memory_bytes;
-    uint64_t processes;
-    uint32_t rlimit_memory;  // 1: no cgroup, RLIMIT_AS and RLIMIT_NPROC stand in
-    uint32_t unlimited_cpu;  // 1: no RLIMIT_CPU (a long-lived process)
-};
-
-#define SAFEPY_RUN_MAGIC 0x73707931u /* "spy1" */
-#define SAFEPY_MODE_RUN 0u
-#define SAFEPY_MODE_CHECK 1u
 
 // Stages of a warm child's containment, in the order they happen.
 #define SAFEPY_STAGE_REAPER 1u   /* the reaper, before it forks the child */

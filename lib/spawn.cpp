@@ -166,7 +166,7 @@ ChildPlan make_child_plan(const SpawnSpec& spec) {
 
 safepy_run_limits run_limits(const Limits& limits, Mode mode, bool rlimit_memory, bool unlimited_cpu) {
     safepy_run_limits out{};
-    out.magic = SAFEPY_RUN_MAGIC;
+    out.magic = SAFEPY_PROTOCOL_MAGIC;
     out.mode = mode == Mode::check ? SAFEPY_MODE_CHECK : SAFEPY_MODE_RUN;
     out.tmp_bytes = limits.tmp_bytes;
     out.cpu_seconds = rlimit_cpu_seconds(limits, !rlimit_memory);

@@ -10,12 +10,12 @@
 # libsafepy_contain.so and called by each child: nothing of the containment is
 # decided in Python.
 #
-# Protocol (SOCK_SEQPACKET). Host -> template on CONTROL_FD: b"spawn" with one
-# descriptor, the child's slot socket. On the slot socket: child -> host
-# b"ready" (the host learns the child's pid from its credentials); host ->
-# child b"run " + struct safepy_run_limits (lib/contain.hpp) with descriptors
-# stdout, stderr, result, script;
-# reaper -> host b"exit STATUS CPU_MS MAXRSS_KB" when the child has ended.
+# Protocol (SOCK_SEQPACKET), the fixed structs of lib/template_protocol.hpp,
+# mirrored below. Host -> template on CONTROL_FD: SPAWN with one descriptor,
+# the child's slot socket. On the slot socket: child -> host READY (the host
+# learns the child's pid from its credentials); host -> child RUN (the run's
+# limits) with descriptors stdout, stderr, result, script; reaper -> host EXIT
+# (wait status, CPU time, peak RSS) when the child has ended.
 
 
 def _safepy_template():
@@ -24,13 +24,30 @@ def _safepy_template():
     import socket
     import struct
 
-    # Mirrors of lib/contain.hpp (the C++ side checks the sizes and the magic).
+    # Mirrors of lib/template_protocol.hpp and lib/contain.hpp (the C++ side
+    # checks the sizes and the magic; unit tests check the layouts).
+    MAGIC = 0x73707931
+    SPAWN, READY, RUN, EXIT = 1, 2, 3, 4
+
     class RunLimits(ctypes.Structure):
         _fields_ = [("magic", ctypes.c_uint32), ("mode", ctypes.c_uint32), ("tmp_bytes", ctypes.c_uint64),
                     ("cpu_seconds", ctypes.c_uint64), ("file_bytes", ctypes.c_uint64),
                     ("open_files", ctypes.c_uint64), ("memory_bytes", ctypes.c_uint64),
                     ("processes", ctypes.c_uint64), ("rlimit_memory", ctypes.c_uint32),
                     ("unlimited_cpu", ctypes.c_uint32)]
+
+    class Message(ctypes.Structure):
+        _fields_ = [("magic", ctypes.c_uint32), ("kind", ctypes.c_uint32)]
+
+    class RunMessage(ctypes.Structure):
+        _fields_ = [("magic", ctypes.c_uint32), ("kind", ctypes.c_uint32), ("limits", RunLimits)]
+
+    class ExitMessage(ctypes.Structure):
+        _fields_ = [("magic", ctypes.c_uint32), ("kind", ctypes.c_uint32), ("wait_status", ctypes.c_int32),
+                    ("reserved", ctypes.c_uint32), ("cpu_ms", ctypes.c_uint64), ("max_rss_kb", ctypes.c_uint64)]
+
+    def is_message(data, kind):
+        return len(data) == ctypes.sizeof(Message) and tuple(struct.unpack("=II", data)) == (MAGIC, kind)
 
     class ContainRequest(ctypes.Structure):
         _fields_ = [("size", ctypes.c_uint32), ("stage", ctypes.c_uint32), ("limits", RunLimits),
@@ -92,11 +109,14 @@ def _safepy_template():
         # Pid 1 of a fresh PID namespace, in fresh mount/net/IPC/UTS ones.
         contain(STAGE_PREPARE)
         credentials = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
-        slot.sendmsg([b"ready"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials)])
+        slot.sendmsg([bytes(Message(MAGIC, READY))], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials)])
         message, fds, _, _ = socket.recv_fds(slot, 1 << 16, 4)
-        if not message.startswith(b"run ") or len(message) != 4 + ctypes.sizeof(RunLimits) or len(fds) != 4:
+        if len(message) != ctypes.sizeof(RunMessage) or len(fds) != 4:
             os._exit(0)  # the host gave up on this slot
-        limits = RunLimits.from_buffer_copy(message, 4)
+        run = RunMessage.from_buffer_copy(message)
+        if run.magic != MAGIC or run.kind != RUN:
+            os._exit(0)
+        limits = run.limits
         numpy = sys.modules.get("numpy")
         if numpy is not None:
             numpy.random.seed()  # forked children must not share the template's stream
@@ -125,7 +145,7 @@ def _safepy_template():
         _, status, usage = os.wait4(child, 0)
         cpu_ms = int((usage.ru_utime + usage.ru_stime) * 1000)
         try:
-            slot.send(b"exit %d %d %d" % (status, cpu_ms, usage.ru_maxrss))
+            slot.send(bytes(ExitMessage(MAGIC, EXIT, status, 0, cpu_ms, usage.ru_maxrss)))
         except OSError:
             pass
         os._exit(0)
@@ -137,7 +157,7 @@ def _safepy_template():
             continue
         if not message:
             os._exit(0)  # the host is gone
-        if message != b"spawn" or len(fds) != 1:
+        if not is_message(message, SPAWN) or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
             continue

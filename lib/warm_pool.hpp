@@ -1,5 +1,8 @@
 // Warm mode: a template Python inside the jail imports the heavy modules once
-// and forks a prepared child per run (see template.py). There is a template per
+// and forks a prepared child per run (see template.py). This is the pool: the
+// templates, their prepared children and the policy for handing them out;
+// warm_template.hpp runs one template process, warm_slot.hpp makes and
+// drives its children. There is a template per
 // concurrent run, each with a host uid of its own, and a run holds its
 // template's uid until it ends, so no two runs at once share a uid. A manager
 // thread keeps children ready, each already in its own per-run cgroup, so that
