@@ -14,4 +14,8 @@ std::string_view embedded_template();
 // nsjail/safepy.cfg: the default nsjail policy.
 std::string_view embedded_nsjail_config();
 
+// lib/libsafepy_contain.so (built from lib/contain.cpp): the containment
+// steps the warm template's children call.
+std::string_view embedded_contain_library();
+
 }  // namespace safepy

@@ -33,7 +33,7 @@ struct Sandbox::Impl {
     HostResources host;
     std::unique_ptr<UidPool> uids;  // when started as root
     std::unique_ptr<WarmPool> pool;
-    mutable std::atomic<std::uint64_t> cancel_generation{0};
+    mutable CancelBoard cancels;  // the runs in progress
 
     ~Impl() { pool.reset(); }  // before the cgroups it uses
 };
@@ -146,7 +146,8 @@ WarmSettings warm_settings(const Sandbox::Impl& impl) {
     plan.limits = impl.config.maxima;
     plan.limits.tmp_bytes = impl.config.defaults.tmp_bytes;
     settings.template_spawn = base_spawn(impl, plan);
-    settings.template_spawn.script = impl.bpf;  // the children's filter, on the template's script descriptor
+    // The containment library and the children's filter, on the template's script descriptor.
+    settings.template_spawn.script = template_payload(embedded_contain_library(), impl.bpf);
     settings.template_spawn.rlimit_memory = false;
     settings.template_spawn.unlimited_cpu = true;
     settings.template_argv = [plan](std::uint32_t uid) {
@@ -167,12 +168,17 @@ Outcome conclude(const Sandbox::Impl& impl, const Request& request, const SpawnR
                  const CgroupUsage& usage) {
     Evidence evidence;
     evidence.spawn_error = spawned.spawn_error;
-    evidence.cancelled = spawned.cancelled;
-    evidence.stdout_over = spawned.stdout_over;
-    evidence.stderr_over = spawned.stderr_over;
-    evidence.result_over = spawned.result_over;
-    evidence.wall_timeout = spawned.wall_timeout;
-    evidence.cpu_timeout = spawned.cpu_timeout;
+    // Only the first cause the supervisor saw: what followed it (a killed
+    // flood's overflow, a timeout's exit) is its consequence.
+    evidence.cancelled = spawned.cause == Cause::cancelled;
+    evidence.stdout_over = spawned.cause == Cause::stdout_limit;
+    evidence.stderr_over = spawned.cause == Cause::stderr_limit;
+    evidence.result_over = spawned.cause == Cause::result_limit;
+    evidence.wall_timeout = spawned.cause == Cause::wall_timeout;
+    evidence.cpu_timeout = spawned.cause == Cause::cpu_timeout;
+    if (spawned.cause == Cause::lost && evidence.spawn_error.empty()) {
+        evidence.spawn_error = "the supervisor lost track of the run";
+    }
     evidence.oom_kills = usage.oom_kills;
     evidence.wait_status = spawned.wait_status;
     evidence.cpu = usage.has_cpu ? std::chrono::milliseconds(usage.cpu_microseconds / 1000) : spawned.cpu;
@@ -333,7 +339,7 @@ std::optional<std::string> Sandbox::check(const Request& request) const {
 }
 
 void Sandbox::cancel_all() const {
-    ++m_impl->cancel_generation;
+    m_impl->cancels.fire_all();
 }
 
 Outcome Sandbox::run(const Request& request) const noexcept {
@@ -342,10 +348,14 @@ Outcome Sandbox::run(const Request& request) const noexcept {
         if (auto error = check_request(request, impl.config)) {
             return rejected(Status::invalid_request, *error);
         }
-        const std::uint64_t generation = impl.cancel_generation.load();
-        auto cancelled = [&impl, generation] { return impl.cancel_generation.load() != generation; };
+        const CancelSignal cancel;
+        if (!cancel.valid()) {
+            return rejected(Status::sandbox_error, "Sandbox failure (not caused by the script): cannot create an eventfd",
+                            std::strerror(errno));
+        }
+        const CancelBoard::Entry cancellable(impl.cancels, cancel);
         if (impl.pool) {
-            const WarmRun warm = impl.pool->run(request, cancelled);
+            const WarmRun warm = impl.pool->run(request, cancel.fd());
             return conclude(impl, request, warm.spawned, warm.usage);
         }
         std::string cgroup_error;
@@ -370,15 +380,8 @@ Outcome Sandbox::run(const Request& request) const noexcept {
         SpawnSpec spec = base_spawn(impl, plan);
         spec.script = request.script;
         spec.cgroup_join_fds = cgroup->join_fds();
-        DrainSpec drain;
-        drain.limits = request.limits;
-        drain.cancelled = cancelled;
-        const RunCgroup* run_cgroup = cgroup.get();
-        if (impl.cgroups.version() != CgroupVersion::none) {
-            drain.cpu_microseconds = [run_cgroup] { return run_cgroup->cpu_microseconds(); };
-            drain.kill_all = [run_cgroup] { run_cgroup->kill_all(); };
-        }
-        const SpawnResult spawned = spawn_and_drain(spec, drain);
+        const RunCgroup* run_cgroup = impl.cgroups.version() != CgroupVersion::none ? cgroup.get() : nullptr;
+        const SpawnResult spawned = spawn_and_supervise(spec, run_cgroup, cancel.fd());
         const CgroupUsage usage = cgroup->usage();
         cgroup.reset();  // nothing of the run survives this line
         uid.reset();     // so its uid may go to the next run

@@ -62,18 +62,21 @@ Fd memory_file(const char* name, const std::string& content) {
 
 // What the child reports through the exec-error pipe when set-up fails.
 struct ChildFailure {
-    int step;
+    char step[48];
     int error_number;
 };
 
-const char* const k_child_steps[] = {"setpgid", "joining the cgroup", "arranging descriptors", "setrlimit",
-                                     "setgroups", "setresgid", "setresuid", "prctl", "execve"};
-
-[[noreturn]] void child_fail(int report_fd, int step) {
-    const ChildFailure failure{step, errno};
-    [[maybe_unused]] auto ignored = write(report_fd, &failure, sizeof failure);
+[[noreturn]] void child_fail(int report_fd, const contain::Failure& failure) {
+    ChildFailure report{};
+    for (std::size_t i = 0; failure.step[i] != '\0' && i + 1 < sizeof report.step; ++i) {
+        report.step[i] = failure.step[i];
+    }
+    report.error_number = failure.error_number;
+    [[maybe_unused]] auto ignored = write(report_fd, &report, sizeof report);
     _exit(127);
 }
+
+[[noreturn]] void child_fail(int report_fd, const char* step) { child_fail(report_fd, contain::Failure{step, errno}); }
 
 // Writes a decimal pid without allocating (we are between fork and exec).
 bool write_pid(int fd, pid_t pid) {
@@ -88,8 +91,7 @@ bool write_pid(int fd, pid_t pid) {
 
 struct ChildPlan {
     std::array<int, 7> target_fds;  // source descriptor for 0..6, -1: leave closed
-    std::vector<rlimit> limits;
-    std::vector<int> resources;
+    contain::RlimitPlan rlimits;
 };
 
 // Only async-signal-safe calls from here to execve: the parent may be a
@@ -98,11 +100,11 @@ struct ChildPlan {
                             char* const* envp) {
     const int parent = getppid();
     if (setpgid(0, 0) != 0) {
-        child_fail(report_fd, 0);
+        child_fail(report_fd, "setpgid");
     }
     for (int fd : spec.cgroup_join_fds) {
         if (!write_pid(fd, getpid())) {
-            child_fail(report_fd, 1);
+            child_fail(report_fd, "joining the cgroup");
         }
     }
     // Move every source out of the way first so that dup2 cannot clobber one.
@@ -110,17 +112,17 @@ struct ChildPlan {
     for (std::size_t i = 0; i < plan.target_fds.size(); ++i) {
         moved[i] = plan.target_fds[i] < 0 ? -1 : fcntl(plan.target_fds[i], F_DUPFD_CLOEXEC, 64);
         if (plan.target_fds[i] >= 0 && moved[i] < 0) {
-            child_fail(report_fd, 2);
+            child_fail(report_fd, "arranging descriptors");
         }
     }
     const int report = fcntl(report_fd, F_DUPFD_CLOEXEC, 64 + static_cast<int>(moved.size()));
     if (report < 0) {
-        child_fail(report_fd, 2);
+        child_fail(report_fd, "arranging descriptors");
     }
     report_fd = report;
     for (std::size_t i = 0; i < moved.size(); ++i) {
         if (moved[i] >= 0 && dup2(moved[i], static_cast<int>(i)) < 0) {
-            child_fail(report_fd, 2);
+            child_fail(report_fd, "arranging descriptors");
         }
         // A slot we do not fill must not pass on whatever the caller had
         // there (a file, a client's socket).
@@ -128,109 +130,58 @@ struct ChildPlan {
             close(static_cast<int>(i));
         }
     }
-    if (syscall(SYS_close_range, moved.size(), ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
-        child_fail(report_fd, 2);
+    // The steps of lib/contain.cpp that apply before exec (the jail does the rest).
+    if (auto failure = contain::close_descriptors_from(moved.size(), true); !failure.ok()) {
+        child_fail(report_fd, failure);
     }
-    for (std::size_t i = 0; i < plan.resources.size(); ++i) {
-        if (setrlimit(plan.resources[i], &plan.limits[i]) != 0) {
-            child_fail(report_fd, 3);
-        }
+    if (auto failure = contain::set_rlimits(plan.rlimits); !failure.ok()) {
+        child_fail(report_fd, failure);
     }
     if (spec.drop_privileges) {
-        if (setgroups(0, nullptr) != 0) {
-            child_fail(report_fd, 4);
-        }
-        if (setresgid(spec.gid, spec.gid, spec.gid) != 0) {
-            child_fail(report_fd, 5);
-        }
-        if (setresuid(spec.uid, spec.uid, spec.uid) != 0) {
-            child_fail(report_fd, 6);
+        if (auto failure = contain::drop_credentials(spec.uid, spec.gid); !failure.ok()) {
+            child_fail(report_fd, failure);
         }
     }
     // Set after the uid change, which clears it.
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
-        child_fail(report_fd, 7);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
+        child_fail(report_fd, "prctl(PR_SET_PDEATHSIG)");
+    }
+    if (auto failure = contain::no_new_privs(); !failure.ok()) {
+        child_fail(report_fd, failure);
     }
     if (getppid() != parent) {
         _exit(127);
     }
     execve(argv[0], argv, envp);
-    child_fail(report_fd, 8);
+    child_fail(report_fd, "execve");
 }
 
 ChildPlan make_child_plan(const SpawnSpec& spec) {
     ChildPlan plan{};
-    // Without CAP_SYS_RESOURCE nothing can go above the current hard limit
-    // (a container's ulimit): ask for at most that rather than fail.
-    auto add = [&plan](int resource, rlim_t soft, rlim_t hard) {
-        rlimit current{};
-        if (getrlimit(resource, &current) == 0 && current.rlim_max != RLIM_INFINITY) {
-            hard = std::min(hard, current.rlim_max);
-            soft = std::min(soft, hard);
-        }
-        plan.resources.push_back(resource);
-        plan.limits.push_back({soft, hard});
-    };
-    const auto cpu_seconds = static_cast<rlim_t>(rlimit_cpu_seconds(spec.limits, !spec.rlimit_memory));
-    // Soft limit: SIGXCPU, which the classifier reads as a CPU timeout; the
-    // hard limit one second later is the backstop.
-    if (spec.unlimited_cpu) {
-        add(RLIMIT_CPU, RLIM_INFINITY, RLIM_INFINITY);
-    } else {
-        add(RLIMIT_CPU, cpu_seconds, cpu_seconds + 1);
-    }
-    add(RLIMIT_FSIZE, spec.limits.file_bytes, spec.limits.file_bytes);
-    add(RLIMIT_NOFILE, spec.limits.open_files, spec.limits.open_files);
-    add(RLIMIT_CORE, 0, 0);
-    if (spec.rlimit_memory) {
-        add(RLIMIT_AS, spec.limits.memory_bytes, spec.limits.memory_bytes);
-        add(RLIMIT_NPROC, spec.limits.processes, spec.limits.processes);
-    }
+    plan.rlimits = contain::rlimit_plan(run_limits(spec.limits, Mode::run, spec.rlimit_memory, spec.unlimited_cpu));
     return plan;
-}
-
-class Drain {
-public:
-    Drain(std::string& sink, std::uint64_t cap, bool& over) : m_sink(sink), m_cap(cap), m_over(over) {}
-
-    // Reads what is available, at most 1 MiB so that the caller's timers
-    // still run during a flood; false at end of file or on error.
-    bool read_from(int fd) {
-        char buffer[1 << 16];
-        for (int reads = 0; reads < 16; ++reads) {
-            const ssize_t n = read(fd, buffer, sizeof buffer);
-            if (n > 0) {
-                const auto room = m_cap > m_sink.size() ? m_cap - m_sink.size() : 0;
-                const auto take = std::min<std::uint64_t>(room, static_cast<std::uint64_t>(n));
-                m_sink.append(buffer, static_cast<std::size_t>(take));
-                if (take < static_cast<std::uint64_t>(n)) {
-                    m_over = true;
-                }
-                continue;
-            }
-            if (n < 0 && errno == EINTR) {
-                continue;
-            }
-            return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-        }
-        return true;
-    }
-
-private:
-    std::string& m_sink;
-    std::uint64_t m_cap;
-    bool& m_over;
-};
-
-std::chrono::milliseconds to_ms(const timeval& tv) {
-    return std::chrono::milliseconds(tv.tv_sec * 1000 + tv.tv_usec / 1000);
 }
 
 }  // namespace
 
-Job start_jail(const SpawnSpec& spec, std::string& error) {
-    Job job;
-    job.started = Clock::now();
+safepy_run_limits run_limits(const Limits& limits, Mode mode, bool rlimit_memory, bool unlimited_cpu) {
+    safepy_run_limits out{};
+    out.magic = SAFEPY_PROTOCOL_MAGIC;
+    out.mode = mode == Mode::check ? SAFEPY_MODE_CHECK : SAFEPY_MODE_RUN;
+    out.tmp_bytes = limits.tmp_bytes;
+    out.cpu_seconds = rlimit_cpu_seconds(limits, !rlimit_memory);
+    out.file_bytes = limits.file_bytes;
+    out.open_files = limits.open_files;
+    out.memory_bytes = limits.memory_bytes;
+    out.processes = limits.processes;
+    out.rlimit_memory = rlimit_memory ? 1 : 0;
+    out.unlimited_cpu = unlimited_cpu ? 1 : 0;
+    return out;
+}
+
+Jail start_jail(const SpawnSpec& spec, std::string& error) {
+    Jail job;
+    job.channels.started = Clock::now();
     Pipe out, err, res, log, report;
     Fd null_fd(open("/dev/null", O_RDONLY | O_CLOEXEC));
     Fd script = memory_file("safepy-script", spec.script);
@@ -276,15 +227,16 @@ Job start_jail(const SpawnSpec& spec, std::string& error) {
     if (got == static_cast<ssize_t>(sizeof failure)) {
         int status = 0;
         waitpid(pid, &status, 0);
-        error = std::string("starting the jail failed at ") + k_child_steps[failure.step] + ": " +
+        failure.step[sizeof failure.step - 1] = '\0';
+        error = std::string("starting the jail failed at ") + failure.step + ": " +
                 std::strerror(failure.error_number);
         return job;
     }
 
     // A pidfd is the only sign of exit that cannot be fooled: a zombie still
     // answers kill(pid, 0). Sandbox::create refuses kernels without it.
-    job.pidfd.reset(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
-    if (!job.pidfd) {
+    job.channels.pidfd.reset(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+    if (!job.channels.pidfd) {
         error = std::string("pidfd_open failed: ") + std::strerror(errno);
         kill(-pid, SIGKILL);
         kill(pid, SIGKILL);
@@ -292,23 +244,45 @@ Job start_jail(const SpawnSpec& spec, std::string& error) {
         waitpid(pid, &status, 0);
         return job;
     }
-    job.pid = pid;
-    job.out = std::move(out.read);
-    job.err = std::move(err.read);
-    job.result = std::move(res.read);
-    job.log = std::move(log.read);
-    job.kill = [pid] {
-        kill(-pid, SIGKILL);
-        kill(pid, SIGKILL);
-    };
-    job.reap = [pid](int& status, rusage& usage) {
-        pid_t waited;
-        do {
-            waited = wait4(pid, &status, 0, &usage);
-        } while (waited < 0 && errno == EINTR);
-        return waited == pid;
-    };
+    job.process = JailProcess(pid);
+    job.channels.out = std::move(out.read);
+    job.channels.err = std::move(err.read);
+    job.channels.result = std::move(res.read);
+    job.channels.log = std::move(log.read);
     return job;
+}
+
+void JailProcess::kill() {
+    if (m_pid > 0) {
+        ::kill(-m_pid, SIGKILL);
+        ::kill(m_pid, SIGKILL);
+    }
+}
+
+bool JailProcess::reap(int& status, rusage& usage) {
+    if (m_pid <= 0) {
+        return false;
+    }
+    pid_t waited;
+    do {
+        waited = wait4(m_pid, &status, 0, &usage);
+    } while (waited < 0 && errno == EINTR);
+    const bool reaped = waited == m_pid;
+    m_pid = -1;  // never signal a number that may now be another process's
+    return reaped;
+}
+
+std::optional<std::uint64_t> JailProcess::cpu_microseconds() const {
+    if (!m_cgroup) {
+        return std::nullopt;
+    }
+    return m_cgroup->cpu_microseconds();
+}
+
+void JailProcess::kill_all() {
+    if (m_cgroup) {
+        m_cgroup->kill_all();
+    }
 }
 
 bool pidfd_supported() {
@@ -316,137 +290,16 @@ bool pidfd_supported() {
     return static_cast<bool>(self);
 }
 
-SpawnResult drain_job(Job& job, const DrainSpec& spec) {
-    SpawnResult result;
-    if (!job.pidfd) {
-        job.kill();
-        result.spawn_error = "the run has no pidfd: its exit could not be watched";
-        return result;
-    }
-    for (const Fd* fd : {&job.out, &job.err, &job.result, &job.log}) {
-        if (*fd) {
-            fcntl(fd->get(), F_SETFL, O_NONBLOCK);
-        }
-    }
-    bool log_over = false;
-    Drain drains[] = {Drain(result.stdout_bytes, spec.limits.stdout_bytes, result.stdout_over),
-                      Drain(result.stderr_bytes, spec.limits.stderr_bytes, result.stderr_over),
-                      // Room for the runner's marker and record header (see
-                      // runner.py) besides the result itself, which
-                      // conclude() checks against result_bytes.
-                      Drain(result.result_bytes, spec.limits.result_bytes + k_channel_overhead, result.result_over),
-                      Drain(result.jail_log, 64 * 1024, log_over)};
-    Fd* sources[] = {&job.out, &job.err, &job.result, &job.log};
-
-    const auto deadline = job.started + spec.limits.wall;
-    const auto cpu_limit_us = static_cast<std::uint64_t>(spec.limits.cpu.count()) * 1000;
-    bool exited = false;
-    bool killed = false;
-    std::optional<Clock::time_point> exited_at;
-    auto kill_run = [&] {
-        if (!killed) {
-            killed = true;
-            job.kill();
-            if (spec.kill_all) {
-                spec.kill_all();
-            }
-        }
-    };
-    auto has_exited = [&job] {
-        pollfd fd{job.pidfd.get(), POLLIN, 0};
-        return poll(&fd, 1, 0) > 0;
-    };
-
-    for (;;) {
-        std::array<pollfd, 5> fds{};
-        std::array<int, 5> which{};
-        nfds_t count = 0;
-        for (int i = 0; i < 4; ++i) {
-            if (*sources[i]) {
-                fds[count] = {sources[i]->get(), POLLIN, 0};
-                which[count++] = i;
-            }
-        }
-        if (!exited) {
-            fds[count] = {job.pidfd.get(), POLLIN, 0};
-            which[count++] = 4;
-        }
-        if (count == 0 && exited) {
-            break;
-        }
-        const auto now = Clock::now();
-        if (!exited && !killed && now >= deadline) {
-            result.wall_timeout = true;
-            kill_run();
-        }
-        // After the process exited, give the pipes a moment to drain; whatever
-        // still holds them open then is killed.
-        if (exited && exited_at && now - *exited_at > std::chrono::milliseconds(500)) {
-            kill_run();
-            break;
-        }
-        auto wait = std::chrono::milliseconds(100);
-        if (!exited && !killed) {
-            wait = std::min(wait, std::chrono::ceil<std::chrono::milliseconds>(deadline - now));
-        }
-        const int ready = poll(fds.data(), count, static_cast<int>(std::max<std::int64_t>(wait.count(), 0)));
-        if (ready < 0 && errno != EINTR) {
-            kill_run();
-            break;
-        }
-        for (nfds_t i = 0; i < count && ready > 0; ++i) {
-            if (!fds[i].revents || which[i] == 4) {
-                continue;
-            }
-            const int index = which[i];
-            if (!drains[index].read_from(sources[index]->get())) {
-                sources[index]->reset();
-            }
-        }
-        if (!killed && (result.stdout_over || result.stderr_over || result.result_over)) {
-            kill_run();
-        }
-        if (!exited && has_exited()) {
-            exited = true;
-            exited_at = Clock::now();
-        }
-        if (!exited && !killed && spec.cpu_microseconds && cpu_limit_us > 0 &&
-            spec.cpu_microseconds() >= cpu_limit_us) {
-            result.cpu_timeout = true;
-            kill_run();
-        }
-        if (!exited && !killed && spec.cancelled && spec.cancelled()) {
-            result.cancelled = true;
-            kill_run();
-        }
-    }
-    if (!exited) {
-        kill_run();
-    }
-    rusage usage{};
-    int status = 0;
-    if (!job.reap(status, usage)) {
-        result.spawn_error = "the run's exit status could not be collected";
-    }
-    if (spec.kill_all) {
-        spec.kill_all();  // background processes that outlived the job
-    }
-    result.wait_status = status;
-    result.wall = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - job.started);
-    result.cpu = to_ms(usage.ru_utime) + to_ms(usage.ru_stime);
-    result.max_rss_bytes = static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;
-    return result;
-}
-
-SpawnResult spawn_and_drain(const SpawnSpec& spec, const DrainSpec& drain) {
+SpawnResult spawn_and_supervise(const SpawnSpec& spec, const RunCgroup* cgroup, int cancel_fd) {
     std::string error;
-    Job job = start_jail(spec, error);
-    if (job.pid < 0) {
+    Jail jail = start_jail(spec, error);
+    if (jail.process.pid() < 0) {
         SpawnResult result;
         result.spawn_error = error;
         return result;
     }
-    return drain_job(job, drain);
+    jail.process.set_cgroup(cgroup);
+    return supervise(jail.process, std::move(jail.channels), spec.limits, cancel_fd);
 }
 
 }  // namespace safepy

@@ -1,23 +1,20 @@
-// Starting the jail process and draining a run: fork, child set-up (cgroup,
-// rlimits, unprivileged uid), exec; then one poll loop over every pipe with
-// caps enforced while reading, a wall-clock timer and CPU accounting.
+// Starting the jail process: fork, child set-up (cgroup, descriptors,
+// rlimits, unprivileged uid, no_new_privs), exec. supervisor.hpp watches it.
 #pragma once
 
+#include "cgroup.hpp"
+#include "contain.hpp"
 #include "fd.hpp"
+#include "supervisor.hpp"
 #include "safepy/safepy.hpp"
 
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <string>
 #include <sys/resource.h>
 #include <vector>
 
 namespace safepy {
-
-// Bytes of the result channel beyond the result itself: the runner's "S"
-// marker and its record header, or an error record's message.
-inline constexpr std::uint64_t k_channel_overhead = 64 * 1024;
 
 struct SpawnSpec {
     std::vector<std::string> argv;
@@ -35,16 +32,30 @@ struct SpawnSpec {
     std::vector<int> cgroup_join_fds;
 };
 
-// A running job: the process whose exit ends the run, and the read ends of its
-// pipes.
-struct Job {
-    pid_t pid = -1;
-    Fd pidfd;          // readable when the process exits; required
-    Fd out, err, result, log;
-    std::chrono::steady_clock::time_point started;
-    std::function<void()> kill;  // ends the process and everything it started
-    // After exit: the raw wait status, CPU time and peak RSS; false if unknown.
-    std::function<bool(int& status, rusage& usage)> reap;
+// A jail process: a cold run's, or a warm template. Ends its process group;
+// CPU accounting and killing the rest come from the run's cgroup, if any.
+class JailProcess final : public RunProcess {
+public:
+    JailProcess() = default;
+    explicit JailProcess(pid_t pid) : m_pid(pid) {}
+
+    pid_t pid() const { return m_pid; }
+    void set_cgroup(const RunCgroup* cgroup) { m_cgroup = cgroup; }
+
+    void kill() override;
+    bool reap(int& status, rusage& usage) override;
+    std::optional<std::uint64_t> cpu_microseconds() const override;
+    void kill_all() override;
+
+private:
+    pid_t m_pid = -1;
+    const RunCgroup* m_cgroup = nullptr;
+};
+
+// A started jail: its process and the descriptors to supervise it with.
+struct Jail {
+    JailProcess process;
+    RunChannels channels;
 };
 
 // RLIMIT_CPU's soft limit for a run. With a cgroup the library's own CPU
@@ -54,41 +65,17 @@ inline std::uint64_t rlimit_cpu_seconds(const Limits& limits, bool cgroup_accoun
     return static_cast<std::uint64_t>((limits.cpu.count() + 999) / 1000) + (cgroup_accounting ? 1 : 0);
 }
 
-// Starts the jail; on failure returns a job with pid -1 and sets `error`.
-Job start_jail(const SpawnSpec& spec, std::string& error);
+// The rlimit inputs of a run (lib/contain.cpp's rlimit_plan decides the rlimits
+// from them, for cold and warm runs alike).
+safepy_run_limits run_limits(const Limits& limits, Mode mode, bool rlimit_memory, bool unlimited_cpu);
 
-struct DrainSpec {
-    Limits limits;
-    std::function<std::uint64_t()> cpu_microseconds;  // whole-run CPU, may be empty
-    std::function<void()> kill_all;                   // every process of the run, may be empty
-    std::function<bool()> cancelled;                  // checked every 100 ms, may be empty
-};
-
-struct SpawnResult {
-    std::string spawn_error;  // non-empty: nothing ran
-    int wait_status = 0;      // raw status of the job's process
-    std::string stdout_bytes;
-    std::string stderr_bytes;
-    std::string result_bytes;
-    std::string jail_log;
-    bool stdout_over = false;
-    bool stderr_over = false;
-    bool result_over = false;
-    bool wall_timeout = false;
-    bool cpu_timeout = false;
-    bool cancelled = false;
-    std::chrono::milliseconds wall{0};
-    std::chrono::milliseconds cpu{0};
-    std::uint64_t max_rss_bytes = 0;
-};
+// Starts the jail; on failure returns a jail whose pid is -1 and sets `error`.
+Jail start_jail(const SpawnSpec& spec, std::string& error);
 
 // Whether this kernel gives pidfds (Linux 5.3+), which runs require.
 bool pidfd_supported();
 
-// Reads every pipe of `job` until it exits (or is killed for a limit).
-SpawnResult drain_job(Job& job, const DrainSpec& spec);
-
-// start_jail then drain_job, for a cold run.
-SpawnResult spawn_and_drain(const SpawnSpec& spec, const DrainSpec& drain);
+// start_jail then supervise, for a cold run.
+SpawnResult spawn_and_supervise(const SpawnSpec& spec, const RunCgroup* cgroup, int cancel_fd);
 
 }  // namespace safepy
