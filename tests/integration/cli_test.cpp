@@ -151,14 +151,17 @@ TEST(Cli, WithoutACgroupRlimitsStillEnforceMemory) {
     const CliResult refused_doctor = run_as_nobody("doctor --jail bwrap");
     EXPECT_EQ(refused_doctor.exit_code, 3) << refused_doctor.out << refused_doctor.err;
 
-    const CliResult doctor = run_as_nobody("doctor --jail bwrap --resource-control rlimits");
+    // Generous limits for the probe run (pandas): the test also runs in an emulated guest (scripts/vm-test).
+    const CliResult doctor =
+        run_as_nobody("doctor --jail bwrap --resource-control rlimits --wall-ms 60000 --cpu-ms 60000");
     EXPECT_EQ(doctor.exit_code, 0) << doctor.out << doctor.err;
     EXPECT_NE(doctor.out.find("resource control: rlimits-only"), std::string::npos) << doctor.out;
     EXPECT_NE(doctor.out.find("resource reason:  chosen by the operator (--resource-control rlimits)"),
               std::string::npos)
         << doctor.out;
     const CliResult memory =
-        run_as_nobody("run --jail bwrap --resource-control rlimits --details --memory-bytes 256M memory_bomb.py");
+        run_as_nobody("run --jail bwrap --resource-control rlimits --details --memory-bytes 256M --wall-ms 60000 "
+                      "--cpu-ms 60000 memory_bomb.py");
     EXPECT_EQ(memory.exit_code, 1) << memory.err;
     EXPECT_NE(memory.out.find("\"status\": \"memory_limit\""), std::string::npos) << memory.out.substr(0, 300);
     EXPECT_NE(memory.out.find("\"resource_control\":\"rlimits-only\""), std::string::npos) << memory.out.substr(0, 300);
@@ -169,7 +172,7 @@ TEST(Cli, WithoutACgroupRlimitsStillEnforceMemory) {
 }
 
 TEST(Cli, DoctorReportsJailCgroupsAndVersions) {
-    const CliResult result = run_cli("doctor --jail bwrap");
+    const CliResult result = run_cli("doctor --jail bwrap --wall-ms 60000 --cpu-ms 60000");
     EXPECT_EQ(result.exit_code, 0) << result.out << result.err;
     EXPECT_NE(result.out.find("jail:             bwrap"), std::string::npos) << result.out;
     EXPECT_NE(result.out.find("resource control: cgroup-v"), std::string::npos) << result.out;
