@@ -908,6 +908,11 @@ TEST_F(ServerTest, GracefulStopKillsRunsThatOutlastTheGrace) {
     auto in_flight =
         std::async(std::launch::async, [this] { return execute(execute_body(sleeper(60), R"({"wall_ms": 120000})")); });
     ASSERT_TRUE(wait_for_metric("safepy_executions_in_flight 1"));
+    // The gauge counts the run from admission; its jail is forked a moment later.
+    const auto forked_by = Clock::now() + 10s;
+    while (children_of_this_process().empty() && Clock::now() < forked_by) {
+        std::this_thread::sleep_for(10ms);
+    }
     ASSERT_FALSE(children_of_this_process().empty());
     const auto started = Clock::now();
     m_server->stop(500ms);

@@ -525,7 +525,10 @@ def ctest(ctx):
         env = dict(os.environ)
         if ctx.args.nsjail:
             env["SAFEPY_NSJAIL"] = ctx.args.nsjail
-        command = ["ctest", "--test-dir", ctx.args.build_dir, "-L", "integration"] + CTEST_SELECTION + [
+        selection = list(CTEST_SELECTION)
+        if ctx.args.nsjail:
+            selection[1] = selection[1].replace("/bwrap_cold", "/bwrap_cold|/nsjail_cold")
+        command = ["ctest", "--test-dir", ctx.args.build_dir, "-L", "integration"] + selection + [
             "-j2", "--timeout", "600", "--output-on-failure", "--no-tests=error"]
         log("        " + " ".join(command))
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
