@@ -16,6 +16,7 @@ constexpr int k_sandbox_failed = 3;
 struct Options {
     safepy::Config config;
     std::string jail = "auto";
+    std::string resource_control = "cgroup";
     std::map<std::string, std::string> limits;  // by limit name, as typed
     bool details = false;
     std::string mode = "cold";
@@ -58,6 +59,10 @@ void add_sandbox_options(CLI::App& command, Options& options) {
     command.add_option("--uid-count", options.config.sandbox_uid_count, "how many host uids runs may use")
         ->check(CLI::Range(1u, 1'000'000u))
         ->capture_default_str();
+    command.add_option("--resource-control", options.resource_control,
+                       "cgroup: per-run cgroups or refuse to run; rlimits: accept rlimits only (no cgroup)")
+        ->check(CLI::IsMember({"cgroup", "rlimits"}))
+        ->capture_default_str();
 }
 
 void add_limit_options(CLI::App& command, Options& options) {
@@ -90,6 +95,7 @@ std::optional<std::string> build_limits(const Options& options, safepy::Limits& 
 
 std::unique_ptr<safepy::Sandbox> make_sandbox(Options& options) {
     options.config.jail = *safepy::parse_jail(options.jail);
+    options.config.resource_control = *safepy::parse_resource_control(options.resource_control);
     std::string error;
     options.config.warm = options.mode == "warm";
     options.config.warm_pool_size = 1;
@@ -158,6 +164,10 @@ int check_command(Options& options, const std::vector<std::string>& paths) {
 }
 
 int doctor_command(Options& options) {
+    if (auto error = build_limits(options, options.config.defaults)) {
+        std::cerr << "safepy: " << *error << "\n";
+        return k_usage_error;
+    }
     auto sandbox = make_sandbox(options);
     if (!sandbox) {
         return k_sandbox_failed;
@@ -168,6 +178,7 @@ int doctor_command(Options& options) {
               << (d.cgroup_path.empty() ? "" : " (" + d.cgroup_path + ")") << "\n"
               << "cpu:              " << d.cpu_mode << "\n"
               << "sandbox uids:     " << d.uid_range << "\n"
+              << "resource reason:  " << d.resource_control_reason << "\n"
               << "python:           " << d.python_path << "\n";
     for (const auto& note : d.notes) {
         std::cout << "note:             " << note << "\n";
@@ -219,6 +230,7 @@ int main(int argc, char** argv) {
 
     auto* doctor = app.add_subcommand("doctor", "report the jail, cgroups, limits and Python versions in effect");
     add_sandbox_options(*doctor, options);
+    add_limit_options(*doctor, options);  // the probe run's limits
 
     try {
         app.parse(argc, argv);

@@ -35,7 +35,9 @@ bool write_text(const std::string& path, const std::string& text) {
         return false;
     }
     const bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+    const int saved = errno;
     close(fd);
+    errno = saved;
     return ok;
 }
 
@@ -85,33 +87,23 @@ std::vector<Mount> cgroup_mounts() {
     return mounts;
 }
 
-// This process's cgroup path for a v1 controller, or for v2 with "".
 std::string own_cgroup(const std::string& controller) {
-    std::istringstream in(read_text("/proc/self/cgroup"));
-    std::string line;
-    while (std::getline(in, line)) {
-        const auto first = line.find(':');
-        const auto second = line.find(':', first + 1);
-        if (first == std::string::npos || second == std::string::npos) {
-            continue;
-        }
-        const std::string controllers = line.substr(first + 1, second - first - 1);
-        std::istringstream names(controllers);
-        std::string name;
-        bool match = controller.empty() && controllers.empty();
-        while (!match && std::getline(names, name, ',')) {
-            match = name == controller;
-        }
-        if (match) {
-            return line.substr(second + 1);
-        }
-    }
-    return "/";
+    return cgroup_path_for(read_text("/proc/self/cgroup"), controller);
 }
 
+// Whether `word` is an item of `list`: items separated by `separator`, or by
+// any whitespace when it is ' ' (cgroup.controllers ends with a newline).
 bool has_word(const std::string& list, const std::string& word, char separator) {
     std::istringstream in(list);
     std::string item;
+    if (separator == ' ') {
+        while (in >> item) {
+            if (item == word) {
+                return true;
+            }
+        }
+        return false;
+    }
     while (std::getline(in, item, separator)) {
         if (item == word) {
             return true;
@@ -193,39 +185,118 @@ void sweep_stale(const std::string& base) {
     }
 }
 
-// v2: the memory and pids controllers must be enabled for our children. A
-// cgroup with processes cannot delegate controllers, so if ours has any we
-// first move this process into a leaf of its own.
-bool prepare_v2(const std::string& mount, std::string& base, std::string& note) {
-    const std::string own = mount + own_cgroup("");
-    const std::string available = read_text(own + "/cgroup.controllers");
-    if (!has_word(available, "memory", ' ') && available.find("memory") == std::string::npos) {
-        note = "cgroup v2 at " + own + " has no memory controller";
-        return false;
+std::string join_path(const std::string& mount, const std::string& path) {
+    return path == "/" ? mount : mount + path;
+}
+
+std::string with_reason(const std::string& what, int error) {
+    return what + ": " + std::strerror(error);
+}
+
+V2Observation observe_v2(const std::string& mount) {
+    V2Observation observed;
+    observed.self = getpid();
+    const std::string own = own_cgroup("");
+    observed.home_dir = join_path(mount, v2_home_path(own));
+    // The root cgroup lacks the files that only non-root cgroups have.
+    observed.home_is_root = access((observed.home_dir + "/cgroup.type").c_str(), F_OK) != 0;
+    const auto own_pids = member_pids(join_path(mount, own));
+    observed.self_listed = std::find(own_pids.begin(), own_pids.end(), observed.self) != own_pids.end();
+    observed.writable = access((observed.home_dir + "/cgroup.procs").c_str(), W_OK) == 0 &&
+                        access((observed.home_dir + "/cgroup.subtree_control").c_str(), W_OK) == 0;
+    if (!observed.writable) {
+        observed.not_writable_errno = errno;
     }
-    if (available.find("pids") == std::string::npos) {
-        note = "cgroup v2 at " + own + " has no pids controller";
+    observed.controllers = read_text(observed.home_dir + "/cgroup.controllers");
+    observed.subtree_control = read_text(observed.home_dir + "/cgroup.subtree_control");
+    observed.home_pids = member_pids(observed.home_dir);
+    return observed;
+}
+
+// Carries out a plan; on failure `error` says which step failed and errno is kept.
+bool apply_v2(const V2Plan& plan, std::string& error) {
+    auto fail = [&error](const std::string& what) {
+        const int saved = errno;
+        error = with_reason(what, saved);
+        errno = saved;
         return false;
-    }
-    const std::string enable = has_word(available, "cpu", ' ') ? "+memory +pids +cpu" : "+memory +pids";
-    base = own + "/safepy";
-    if (!make_dir(base)) {
-        note = "cannot create " + base + ": " + std::strerror(errno);
-        return false;
-    }
-    if (!write_text(own + "/cgroup.subtree_control", enable)) {
-        const std::string leaf = own + "/safepy-supervisor";
-        if (!make_dir(leaf) || !write_text(leaf + "/cgroup.procs", std::to_string(getpid())) ||
-            !write_text(own + "/cgroup.subtree_control", enable)) {
-            note = "cannot enable memory and pids controllers in " + own;
-            return false;
+    };
+    if (!plan.server_leaf.empty()) {
+        if (!make_dir(plan.server_leaf)) {
+            return fail("cannot create " + plan.server_leaf);
+        }
+        // cgroup.procs moves the whole process, every thread.
+        if (!write_text(plan.server_leaf + "/cgroup.procs", std::to_string(getpid()))) {
+            return fail("cannot move safepy into " + plan.server_leaf);
         }
     }
-    if (!write_text(base + "/cgroup.subtree_control", enable)) {
-        note = "cannot enable memory and pids controllers in " + base;
-        return false;
+    if (!plan.other_pids.empty()) {
+        if (!make_dir(plan.other_leaf)) {
+            return fail("cannot create " + plan.other_leaf);
+        }
+        for (pid_t pid : plan.other_pids) {
+            if (!write_text(plan.other_leaf + "/cgroup.procs", std::to_string(pid)) && errno != ESRCH) {
+                return fail("cannot move process " + std::to_string(pid) + " into " + plan.other_leaf);
+            }
+        }
+    }
+    if (!plan.enable.empty() && !write_text(plan.home_dir + "/cgroup.subtree_control", plan.enable)) {
+        return fail("cannot enable " + plan.enable + " in " + plan.home_dir + "/cgroup.subtree_control");
+    }
+    if (!plan.optional_enable.empty()) {
+        write_text(plan.home_dir + "/cgroup.subtree_control", plan.optional_enable);
+    }
+    if (!make_dir(plan.runs_dir)) {
+        return fail("cannot create " + plan.runs_dir);
+    }
+    if (!write_text(plan.runs_dir + "/cgroup.subtree_control", plan.runs_enable)) {
+        return fail("cannot enable " + plan.runs_enable + " in " + plan.runs_dir + "/cgroup.subtree_control");
+    }
+    if (!plan.runs_optional_enable.empty()) {
+        write_text(plan.runs_dir + "/cgroup.subtree_control", plan.runs_optional_enable);
     }
     return true;
+}
+
+std::string describe_v2(const V2Plan& plan) {
+    std::string text = "per-run cgroups in " + plan.runs_dir;
+    if (plan.server_leaf.empty()) {
+        return text + " (below the root cgroup)";
+    }
+    text += "; safepy moved itself to " + plan.server_leaf;
+    if (!plan.other_pids.empty()) {
+        std::string pids;
+        for (pid_t pid : plan.other_pids) {
+            pids += (pids.empty() ? "" : " ") + std::to_string(pid);
+        }
+        text += " and " + std::to_string(plan.other_pids.size()) + " other process(es) sharing " + plan.home_dir +
+                " (pid " + pids + ") to " + plan.other_leaf;
+    }
+    return text + ", so that " + plan.home_dir +
+           " holds no process and may give the memory and pids controllers to its children";
+}
+
+// Sets up per-run cgroups on v2; empty `runs_dir` with `reason` when it cannot.
+std::string prepare_v2(const std::string& mount, std::string& reason) {
+    // A process that shares the home may fork into it between our reading
+    // cgroup.procs and enabling the controllers (EBUSY): look again.
+    for (int attempt = 0; attempt < 5; ++attempt) {
+        const V2Plan plan = plan_v2(observe_v2(mount));
+        if (!plan.refusal.empty()) {
+            reason = plan.refusal;
+            return "";
+        }
+        std::string error;
+        if (apply_v2(plan, error)) {
+            reason = describe_v2(plan);
+            return plan.runs_dir;
+        }
+        reason = "cgroup v2 set-up failed: " + error;
+        if (errno != EBUSY) {
+            break;
+        }
+    }
+    return "";
 }
 
 std::string v1_base(const std::vector<Mount>& mounts, const std::string& controller, std::string& note) {
@@ -355,6 +426,104 @@ std::string Cgroups::swap_note() const {
            "): a run's memory limit does not cover swap";
 }
 
+std::string cgroup_path_for(std::string_view proc_self_cgroup, std::string_view controller) {
+    std::istringstream in{std::string(proc_self_cgroup)};
+    std::string line;
+    while (std::getline(in, line)) {
+        // hierarchy-id:controller-list:path
+        const auto first = line.find(':');
+        const auto second = line.find(':', first == std::string::npos ? first : first + 1);
+        if (first == std::string::npos || second == std::string::npos) {
+            continue;
+        }
+        const std::string controllers = line.substr(first + 1, second - first - 1);
+        bool match = controller.empty() && controllers.empty() && line.substr(0, first) == "0";
+        std::istringstream names(controllers);
+        std::string name;
+        while (!match && !controller.empty() && std::getline(names, name, ',')) {
+            match = name == controller;
+        }
+        if (match) {
+            const std::string path = line.substr(second + 1);
+            return path.empty() || path[0] != '/' ? "/" : path;
+        }
+    }
+    return "/";
+}
+
+std::string v2_home_path(const std::string& own_path) {
+    const auto slash = own_path.rfind('/');
+    if (slash == std::string::npos) {
+        return own_path;
+    }
+    const std::string name = own_path.substr(slash + 1);
+    if (name == k_v2_server_leaf || name == k_v2_other_leaf) {
+        return slash == 0 ? "/" : own_path.substr(0, slash);
+    }
+    return own_path;
+}
+
+V2Plan plan_v2(const V2Observation& observed) {
+    V2Plan plan;
+    const std::string& home = observed.home_dir;
+    plan.home_dir = home;
+    if (!observed.self_listed) {
+        plan.refusal = "cgroup v2 at /sys/fs/cgroup does not list this process in its own cgroup (" + home +
+                       "): the mount is not this process's cgroup namespace's view";
+        return plan;
+    }
+    for (const char* controller : {"memory", "pids"}) {
+        if (!has_word(observed.controllers, controller, ' ')) {
+            plan.refusal = "cgroup v2 at " + home + " has no " + controller +
+                           " controller: its parent does not delegate it (systemd: Delegate=yes; a container "
+                           "runtime: a private cgroup namespace with the controllers enabled above it)";
+            return plan;
+        }
+    }
+    if (!observed.writable) {
+        plan.refusal = "cgroup v2 at " + home + " is not writable by safepy (" +
+                       std::strerror(observed.not_writable_errno) +
+                       (observed.not_writable_errno == EROFS ? ": /sys/fs/cgroup is mounted read-only" : "") +
+                       "): per-run cgroups need a cgroup delegated to safepy";
+        return plan;
+    }
+    const bool cpu = has_word(observed.controllers, "cpu", ' ');
+    for (const char* controller : {"memory", "pids"}) {
+        if (!has_word(observed.subtree_control, controller, ' ')) {
+            plan.enable += std::string(plan.enable.empty() ? "" : " ") + "+" + controller;
+        }
+    }
+    if (cpu && !has_word(observed.subtree_control, "cpu", ' ')) {
+        plan.optional_enable = "+cpu";
+    }
+    plan.runs_dir = home + "/" + std::string(k_v2_runs);
+    plan.runs_enable = "+memory +pids";
+    plan.runs_optional_enable = cpu ? "+cpu" : "";
+    if (observed.home_is_root) {
+        return plan;  // the root cgroup may hold processes and still give controllers away
+    }
+    plan.server_leaf = home + "/" + std::string(k_v2_server_leaf);
+    for (pid_t pid : observed.home_pids) {
+        if (pid == observed.self) {
+            continue;
+        }
+        if (pid == 0) {
+            // Listed as 0: a process outside our PID namespace, which we can neither name nor move.
+            plan = V2Plan{};
+            plan.home_dir = home;
+            plan.refusal = "cgroup v2 at " + home +
+                           " also holds processes outside safepy's PID namespace, which it cannot move out of the "
+                           "way: start safepy in a cgroup of its own";
+            return plan;
+        }
+        plan.other_pids.push_back(pid);
+    }
+    if (!plan.other_pids.empty()) {
+        plan.other_leaf = home + "/" + std::string(k_v2_other_leaf);
+    }
+    return plan;
+}
+
 RunCgroup::~RunCgroup() {
     for (int fd : m_join_fds) {
         close(fd);
@@ -455,28 +624,37 @@ void RunCgroup::kill_all() const {
     }
 }
 
-Cgroups Cgroups::detect(std::string& note) {
+Cgroups Cgroups::detect() {
     Cgroups cgroups;
     const auto mounts = cgroup_mounts();
+    std::string v2_reason;
+    bool has_v1 = false;
     for (const auto& mount : mounts) {
-        std::string base;
-        if (mount.type == "cgroup2" && mount.point == "/sys/fs/cgroup" && prepare_v2(mount.point, base, note)) {
-            cgroups.m_version = CgroupVersion::v2;
-            cgroups.m_bases = {base};
-            if (has_word(read_text(base + "/cgroup.subtree_control"), "cpu", ' ')) {
-                cgroups.m_cpu = 0;
+        has_v1 = has_v1 || mount.type == "cgroup";
+        if (mount.type == "cgroup2" && mount.point == "/sys/fs/cgroup" && v2_reason.empty()) {
+            const std::string runs = prepare_v2(mount.point, v2_reason);
+            if (!runs.empty()) {
+                cgroups.m_version = CgroupVersion::v2;
+                cgroups.m_bases = {runs};
+                cgroups.m_reason = v2_reason;
+                if (has_word(read_text(runs + "/cgroup.subtree_control"), "cpu", ' ')) {
+                    cgroups.m_cpu = 0;
+                }
+                sweep_stale(runs);
+                cgroups.weigh_base();
+                return cgroups;
             }
-            sweep_stale(base);
-            cgroups.weigh_base();
-            return cgroups;
         }
+    }
+    if (!has_v1) {
+        cgroups.m_reason = v2_reason.empty() ? "no cgroup hierarchy is mounted at /sys/fs/cgroup" : v2_reason;
+        return cgroups;
     }
     std::string memory_note, pids_note, cpu_note;
     const std::string memory = v1_base(mounts, "memory", memory_note);
     const std::string pids = v1_base(mounts, "pids", pids_note);
     if (memory.empty() || pids.empty()) {
-        note = (note.empty() ? "" : note + "; ") + (memory.empty() ? memory_note : pids_note) +
-               ": memory and processes are limited with rlimits only";
+        cgroups.m_reason = (v2_reason.empty() ? "" : v2_reason + "; ") + (memory.empty() ? memory_note : pids_note);
         return cgroups;
     }
     cgroups.m_version = CgroupVersion::v1;
@@ -493,11 +671,18 @@ Cgroups Cgroups::detect(std::string& note) {
             cgroups.m_bases.push_back(cpu);
         }
     }
+    cgroups.m_reason = "per-run cgroups in";
     for (const auto& base : cgroups.m_bases) {
+        cgroups.m_reason += (&base == &cgroups.m_bases.front() ? " " : ", ") + base;
         sweep_stale(base);
     }
     cgroups.weigh_base();
-    note.clear();
+    return cgroups;
+}
+
+Cgroups Cgroups::rlimits_only(std::string reason) {
+    Cgroups cgroups;
+    cgroups.m_reason = std::move(reason);
     return cgroups;
 }
 

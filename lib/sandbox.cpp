@@ -280,17 +280,25 @@ std::unique_ptr<Sandbox> Sandbox::create(const Config& config, std::string& erro
     } else {
         impl->policy = impl->bpf;
     }
-    std::string note;
-    impl->cgroups = Cgroups::detect(note);
-    if (!note.empty()) {
-        impl->notes.push_back(note);
+    if (config.resource_control == ResourceControl::rlimits) {
+        impl->cgroups = Cgroups::rlimits_only(
+            "chosen by the operator (--resource-control rlimits): memory is limited per process (RLIMIT_AS), "
+            "processes per uid (RLIMIT_NPROC), no per-run cgroup");
+    } else {
+        impl->cgroups = Cgroups::detect();
+        if (impl->cgroups.version() == CgroupVersion::none) {
+            // Never a silent downgrade: without a cgroup a run's memory and
+            // processes are only limited per process.
+            error = "Per-run cgroups are required (--resource-control cgroup, the default) but none can be made: " +
+                    impl->cgroups.reason() +
+                    ". Give safepy a delegated cgroup (a systemd unit with Delegate=yes; from a shell: systemd-run "
+                    "--scope -p Delegate=yes safepy ...; a container: a writable /sys/fs/cgroup in its own cgroup "
+                    "namespace, e.g. --privileged), or accept rlimits only with --resource-control rlimits";
+            return nullptr;
+        }
     }
     if (const std::string swap = impl->cgroups.swap_note(); !swap.empty()) {
         impl->notes.push_back(swap);
-    }
-    if (impl->cgroups.version() == CgroupVersion::none && config.require_cgroup) {
-        error = "A per-run cgroup is required but none can be created: " + note;
-        return nullptr;
     }
     if (!pidfd_supported()) {
         error = std::string("pidfd_open is not available (Linux 5.3 or later is required to watch runs): ") +
@@ -399,6 +407,7 @@ Diagnostics Sandbox::diagnostics(bool probe) const {
     diagnostics.jail = std::string(jail_name(m_impl->jail));
     diagnostics.jail_path = m_impl->jail_path;
     diagnostics.resource_control = m_impl->cgroups.name();
+    diagnostics.resource_control_reason = m_impl->cgroups.reason();
     diagnostics.cgroup_path = m_impl->cgroups.path();
     diagnostics.python_path = m_impl->config.python_path;
     diagnostics.notes = m_impl->notes;
@@ -426,6 +435,7 @@ Diagnostics Sandbox::diagnostics(bool probe) const {
         return diagnostics;
     }
     Request request;
+    request.limits = m_impl->config.defaults;
     request.script =
         "import sys, numpy, pandas\n"
         "def main():\n"

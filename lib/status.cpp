@@ -87,4 +87,18 @@ std::optional<JailKind> parse_jail(std::string_view name) {
     return std::nullopt;
 }
 
+std::string_view resource_control_name(ResourceControl control) {
+    return control == ResourceControl::rlimits ? "rlimits" : "cgroup";
+}
+
+std::optional<ResourceControl> parse_resource_control(std::string_view name) {
+    if (name == "cgroup") {
+        return ResourceControl::cgroup;
+    }
+    if (name == "rlimits") {
+        return ResourceControl::rlimits;
+    }
+    return std::nullopt;
+}
+
 }  // namespace safepy

@@ -34,6 +34,7 @@ struct Options {
     safepy::server::ServerSettings settings;
     std::string jail = "auto";
     std::string mode = "warm";
+    std::string resource_control = "cgroup";
     std::string max_body = "2M";
     std::string max_script = "1M";
     std::int64_t queue_timeout_ms = 30'000;
@@ -155,8 +156,10 @@ void add_options(CLI::App& app, Options& options) {
                             "how many host uids from --uid-base runs may use (at least the concurrency)")
                  ->check(CLI::Range(1u, 1'000'000u)),
              "SAFEPY_UID_COUNT");
-    app.add_flag("--require-cgroup", options.config.require_cgroup, "refuse to start without a per-run cgroup")
-        ->envname("SAFEPY_REQUIRE_CGROUP");
+    with_env(app.add_option("--resource-control", options.resource_control,
+                            "cgroup: per-run cgroups, refuse to start without them; rlimits: accept rlimits only")
+                 ->check(CLI::IsMember({"cgroup", "rlimits"})),
+             "SAFEPY_RESOURCE_CONTROL");
     with_env(app.add_option("--mode", options.mode,
                             "warm: a template with numpy and pandas loaded forks each run's sandbox; "
                             "cold: a fresh jail per run")
@@ -187,6 +190,7 @@ std::optional<std::string> apply_limits(const std::map<std::string, std::string>
 std::optional<std::string> build(Options& options) {
     auto& s = options.settings;
     options.config.jail = *safepy::parse_jail(options.jail);
+    options.config.resource_control = *safepy::parse_resource_control(options.resource_control);
     const auto body = safepy::parse_quantity(options.max_body);
     const auto script = safepy::parse_quantity(options.max_script);
     if (!body || *body == 0) {
@@ -289,6 +293,7 @@ int main(int argc, char** argv) {
     log_event("listening", field("address", settings.address) + "," + field("port", server.port()) + "," +
                                field("jail", diagnostics.jail) + "," + field("mode", diagnostics.mode) + "," +
                                field("resource_control", diagnostics.resource_control) + "," +
+                               field("resource_control_reason", diagnostics.resource_control_reason) + "," +
                                field("concurrency", settings.concurrency) + "," + field("queue", settings.queue_length));
 
     const int signal_number = wait_for_stop_signal();

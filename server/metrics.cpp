@@ -24,6 +24,22 @@ void gauge(std::string& out, const char* name, const char* help, std::size_t val
     out += std::string(name) + " " + std::to_string(value) + "\n";
 }
 
+// A label value in the exposition format: backslash, quote and newline escaped.
+std::string label_value(const std::string& text) {
+    std::string out;
+    for (const char c : text) {
+        if (c == '\\' || c == '"') {
+            out += '\\';
+            out += c;
+        } else if (c == '\n') {
+            out += "\\n";
+        } else {
+            out += c;
+        }
+    }
+    return out;
+}
+
 }  // namespace
 
 Histogram::Histogram(std::vector<double> bounds_seconds)
@@ -117,6 +133,10 @@ std::string Metrics::render(const Gauges& gauges) const {
     gauge(out, "safepy_connections_open", "HTTP connections being served.", gauges.connections);
     gauge(out, "safepy_server_resident_bytes", "Resident memory of the server process (jails not included).",
           gauges.resident_bytes);
+    header(out, "safepy_resource_control", "gauge",
+           "How runs' memory and processes are limited (mode), and why (reason); always 1.");
+    out += "safepy_resource_control{mode=\"" + label_value(gauges.resource_control) + "\",reason=\"" +
+           label_value(gauges.resource_control_reason) + "\"} 1\n";
     return out;
 }
 

@@ -41,6 +41,8 @@ struct Gauges {
     std::size_t queue_length = 0;
     std::size_t connections = 0;
     std::size_t resident_bytes = 0;  // the server process's RSS
+    std::string resource_control;         // "cgroup-v2", "cgroup-v1" or "rlimits-only"
+    std::string resource_control_reason;  // what was set up for it, or why rlimits
 };
 
 // This process's resident set size from /proc/self/statm; 0 if unreadable.

@@ -199,6 +199,9 @@ void Server::Impl::configure() {
         gauges.queue_length = admission.queue_length();
         gauges.connections = connections.load();
         gauges.resident_bytes = resident_bytes();
+        const Diagnostics diagnostics = sandbox->diagnostics(false);
+        gauges.resource_control = diagnostics.resource_control;
+        gauges.resource_control_reason = diagnostics.resource_control_reason;
         res.status = 200;
         res.set_content(metrics.render(gauges), "text/plain; version=0.0.4; charset=utf-8");
     });
@@ -417,7 +420,10 @@ void Server::Impl::handle_ready(httplib::Response& res) {
         ready = outcome.status == Status::ok && outcome.result_json == "[1]";
         if (ready) {
             ready_body = "{\"status\": \"ready\", \"jail\": " + json_quote(outcome.jail) +
-                         ", \"probe_ms\": " + std::to_string(outcome.usage.wall.count()) + "}";
+                         ", \"probe_ms\": " + std::to_string(outcome.usage.wall.count()) +
+                         ", \"resource_control\": " + json_quote(outcome.resource_control) +
+                         ", \"resource_control_reason\": " +
+                         json_quote(sandbox->diagnostics(false).resource_control_reason) + "}";
         } else {
             ready_error = HttpError{503, "The sandbox probe run failed (" + std::string(status_name(outcome.status)) +
                                              "): " + outcome.error,

@@ -123,8 +123,9 @@ TEST(Cli, CheckDoesNotExecuteTheScript) {
     EXPECT_EQ(result.out.find("executed"), std::string::npos);
 }
 
-// Without root there is no cgroup to create: memory falls back to RLIMIT_AS,
-// and the outcome says so.
+// Without root there is no cgroup to create. By default safepy then refuses
+// to run, with the reason; with --resource-control rlimits memory is limited
+// by RLIMIT_AS, and the outcome says so.
 TEST(Cli, WithoutACgroupRlimitsStillEnforceMemory) {
     if (geteuid() != 0) {
         GTEST_SKIP() << "needs root to switch to an unprivileged uid for this test";
@@ -141,10 +142,26 @@ TEST(Cli, WithoutACgroupRlimitsStillEnforceMemory) {
                              " < /dev/null",
                          dir);
     };
-    const CliResult doctor = run_as_nobody("doctor --jail bwrap");
+    const CliResult refused = run_as_nobody("run --jail bwrap memory_bomb.py");
+    EXPECT_EQ(refused.exit_code, 3) << refused.out << refused.err;
+    EXPECT_EQ(refused.out, "");
+    EXPECT_NE(refused.err.find("Per-run cgroups are required"), std::string::npos) << refused.err;
+    EXPECT_NE(refused.err.find("--resource-control rlimits"), std::string::npos) << refused.err;
+    EXPECT_NE(refused.err.find("systemd-run --scope -p Delegate=yes"), std::string::npos) << refused.err;
+    const CliResult refused_doctor = run_as_nobody("doctor --jail bwrap");
+    EXPECT_EQ(refused_doctor.exit_code, 3) << refused_doctor.out << refused_doctor.err;
+
+    // Generous limits for the probe run (pandas): the test also runs in an emulated guest (scripts/vm-test).
+    const CliResult doctor =
+        run_as_nobody("doctor --jail bwrap --resource-control rlimits --wall-ms 60000 --cpu-ms 60000");
     EXPECT_EQ(doctor.exit_code, 0) << doctor.out << doctor.err;
     EXPECT_NE(doctor.out.find("resource control: rlimits-only"), std::string::npos) << doctor.out;
-    const CliResult memory = run_as_nobody("run --jail bwrap --details --memory-bytes 256M memory_bomb.py");
+    EXPECT_NE(doctor.out.find("resource reason:  chosen by the operator (--resource-control rlimits)"),
+              std::string::npos)
+        << doctor.out;
+    const CliResult memory =
+        run_as_nobody("run --jail bwrap --resource-control rlimits --details --memory-bytes 256M --wall-ms 60000 "
+                      "--cpu-ms 60000 memory_bomb.py");
     EXPECT_EQ(memory.exit_code, 1) << memory.err;
     EXPECT_NE(memory.out.find("\"status\": \"memory_limit\""), std::string::npos) << memory.out.substr(0, 300);
     EXPECT_NE(memory.out.find("\"resource_control\":\"rlimits-only\""), std::string::npos) << memory.out.substr(0, 300);
@@ -155,13 +172,14 @@ TEST(Cli, WithoutACgroupRlimitsStillEnforceMemory) {
 }
 
 TEST(Cli, DoctorReportsJailCgroupsAndVersions) {
-    const CliResult result = run_cli("doctor --jail bwrap");
+    const CliResult result = run_cli("doctor --jail bwrap --wall-ms 60000 --cpu-ms 60000");
     EXPECT_EQ(result.exit_code, 0) << result.out << result.err;
     EXPECT_NE(result.out.find("jail:             bwrap"), std::string::npos) << result.out;
-    EXPECT_NE(result.out.find("resource control:"), std::string::npos);
+    EXPECT_NE(result.out.find("resource control: cgroup-v"), std::string::npos) << result.out;
+    EXPECT_NE(result.out.find("resource reason:  per-run cgroups in /sys/fs/cgroup/"), std::string::npos) << result.out;
     EXPECT_NE(result.out.find("numpy version:    1."), std::string::npos) << result.out;
     EXPECT_NE(result.out.find("pandas version:   "), std::string::npos) << result.out;
-    EXPECT_NE(result.out.find("wall_ms: 10000 / 300000"), std::string::npos) << result.out;
+    EXPECT_NE(result.out.find("wall_ms: 60000 / 300000"), std::string::npos) << result.out;
     // Hardening: the CPU share, the uid range and where the maxima come from.
     EXPECT_NE(result.out.find("cpu:              per-run cgroup: equal cpu."), std::string::npos) << result.out;
     if (geteuid() == 0) {

@@ -795,6 +795,10 @@ TEST_F(ServerTest, HealthAndReadiness) {
     ASSERT_TRUE(res);
     EXPECT_EQ(res->status, 200);
     EXPECT_EQ(res->body.rfind(R"({"status": "ready", "jail": "bwrap", "probe_ms": )", 0), 0u) << res->body;
+    // This machine gives per-run cgroups (v1 or v2): the mode and what was set up for it.
+    static const std::regex resource(
+        R"re(, "resource_control": "cgroup-v[12]", "resource_control_reason": "per-run cgroups in /sys/fs/cgroup/[^"]+"\}$)re");
+    EXPECT_TRUE(std::regex_search(res->body, resource)) << res->body;
     const std::string first = res->body;
     res = c->Get("/readyz");  // cached: the same probe
     ASSERT_TRUE(res);
@@ -849,6 +853,9 @@ TEST_F(ServerTest, MetricsCountWhatHappened) {
     const auto reported = std::stoull(text.substr(at + 30));
     EXPECT_GT(reported, 1u << 20);
     EXPECT_LT(reported, resident_bytes() + (64u << 20));
+    static const std::regex resource(
+        R"re(\nsafepy_resource_control\{mode="cgroup-v[12]",reason="per-run cgroups in /sys/fs/cgroup/[^"\n]+"\} 1\n)re");
+    EXPECT_TRUE(std::regex_search(text, resource)) << text;
 }
 
 TEST_F(ServerTest, OneLogLinePerRequestWithoutScriptOrOutput) {
@@ -901,6 +908,11 @@ TEST_F(ServerTest, GracefulStopKillsRunsThatOutlastTheGrace) {
     auto in_flight =
         std::async(std::launch::async, [this] { return execute(execute_body(sleeper(60), R"({"wall_ms": 120000})")); });
     ASSERT_TRUE(wait_for_metric("safepy_executions_in_flight 1"));
+    // The gauge counts the run from admission; its jail is forked a moment later.
+    const auto forked_by = Clock::now() + 10s;
+    while (children_of_this_process().empty() && Clock::now() < forked_by) {
+        std::this_thread::sleep_for(10ms);
+    }
     ASSERT_FALSE(children_of_this_process().empty());
     const auto started = Clock::now();
     m_server->stop(500ms);

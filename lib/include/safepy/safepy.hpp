@@ -127,6 +127,16 @@ enum class JailKind { automatic, nsjail, bwrap };
 std::string_view jail_name(JailKind kind);
 std::optional<JailKind> parse_jail(std::string_view name);
 
+// How runs' memory and processes are limited.
+enum class ResourceControl {
+    cgroup,   // per-run cgroups (v2, else v1); Sandbox::create fails with the reason when none can be made
+    rlimits,  // the operator's choice: rlimits only (RLIMIT_AS per process, RLIMIT_NPROC per uid), no cgroup
+};
+
+// "cgroup" or "rlimits", as the --resource-control flag spells them.
+std::string_view resource_control_name(ResourceControl control);
+std::optional<ResourceControl> parse_resource_control(std::string_view name);
+
 // Deployment settings, fixed for the life of a Sandbox.
 struct Config {
     JailKind jail = JailKind::automatic;   // automatic prefers nsjail when it is found
@@ -134,7 +144,7 @@ struct Config {
     std::string bwrap_path;                // empty: search PATH
     std::string python_path = "/usr/bin/python3";
     std::string nsjail_config_path;        // empty: the embedded nsjail/safepy.cfg
-    bool require_cgroup = false;           // refuse to start without a per-run cgroup
+    ResourceControl resource_control = ResourceControl::cgroup;
     std::size_t max_script_bytes = 1u << 20;
     Limits defaults;                 // what a request starts from
     Limits maxima = local_maxima();  // what no request may exceed
@@ -192,7 +202,8 @@ struct Diagnostics {
     std::string mode;  // "cold" or "warm"
     std::string jail;
     std::string jail_path;
-    std::string resource_control;
+    std::string resource_control;         // "cgroup-v2", "cgroup-v1" or "rlimits-only"
+    std::string resource_control_reason;  // what was set up for it, or why rlimits
     std::string cgroup_path;
     std::string python_path;
     std::string cpu_mode;            // how CPU is shared between runs (share, quota) or why it is not
