@@ -31,7 +31,6 @@
 #include <vector>
 
 namespace safepy::server::test_support {
-namespace {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
@@ -46,7 +45,7 @@ const std::string k_no_main_body = R"({"script": "def helper(): return 1"})";
 const std::string k_no_main_envelope =
     R"({"error": "Script must contain a main() function", "status": "invalid_script", "stdout": "", "stderr": ""})";
 
-std::string execute_body(std::string_view script, std::string_view limits = "") {
+inline std::string execute_body(std::string_view script, std::string_view limits = "") {
     std::string body = "{\"script\": " + json_quote(script);
     if (!limits.empty()) {
         body += ", \"limits\": " + std::string(limits);
@@ -54,15 +53,15 @@ std::string execute_body(std::string_view script, std::string_view limits = "") 
     return body + "}";
 }
 
-std::string sleeper(double seconds) {
+inline std::string sleeper(double seconds) {
     return "import time\ndef main():\n    time.sleep(" + std::to_string(seconds) + ")\n    return {\"slept\": True}\n";
 }
 
-std::string error_json(std::string_view message, std::string_view status = "invalid_request") {
+inline std::string error_json(std::string_view message, std::string_view status = "invalid_request") {
     return "{\"error\": " + json_quote(message) + ", \"status\": " + json_quote(status) + "}";
 }
 
-std::vector<pid_t> children_of_this_process() {
+inline std::vector<pid_t> children_of_this_process() {
     std::vector<pid_t> children;
     DIR* proc = opendir("/proc");
     while (proc) {
@@ -92,7 +91,7 @@ std::vector<pid_t> children_of_this_process() {
     return children;
 }
 
-std::uint64_t resident_bytes() {
+inline std::uint64_t resident_bytes() {
     std::ifstream status("/proc/self/status");
     std::string line;
     while (std::getline(status, line)) {
@@ -132,7 +131,8 @@ public:
 
     // Everything until the server closes or `timeout` passes; `closed` says which.
     std::string read_until_close(std::chrono::milliseconds timeout, bool* closed = nullptr) {
-        std::string out;
+        std::string out = std::move(m_pending);
+        m_pending.clear();
         const auto deadline = Clock::now() + timeout;
         bool eof = false;
         while (!eof && Clock::now() < deadline) {
@@ -293,16 +293,16 @@ private:
     std::unique_ptr<Raw> m_raw;
 };
 
-int status_of(const std::string& response) {
+inline int status_of(const std::string& response) {
     return response.size() > 12 && response.rfind("HTTP/1.1 ", 0) == 0 ? std::stoi(response.substr(9, 3)) : 0;
 }
 
-std::string body_of(const std::string& response) {
+inline std::string body_of(const std::string& response) {
     const auto end = response.find("\r\n\r\n");
     return end == std::string::npos ? "" : response.substr(end + 4);
 }
 
-bool has_header(const std::string& response, const std::string& line) {
+inline bool has_header(const std::string& response, const std::string& line) {
     return response.find("\r\n" + line + "\r\n") != std::string::npos;
 }
 
@@ -409,5 +409,4 @@ protected:
     std::vector<std::string> m_log;
 };
 
-}  // namespace
 }  // namespace safepy::server::test_support
