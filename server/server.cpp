@@ -11,6 +11,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/version.hpp>
 
 #include <fcntl.h>
 #include <netinet/tcp.h>
@@ -26,6 +27,8 @@
 #include <list>
 #include <mutex>
 #include <vector>
+
+static_assert(BOOST_VERSION / 100 == 1081, "Beast and Asio must come from Boost 1.81 (link Boost::headers)");
 
 namespace safepy::server {
 namespace {
