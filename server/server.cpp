@@ -1,7 +1,7 @@
 #include "server.hpp"
 
-#include "admission.hpp"
-#include "metrics.hpp"
+#include "safepy/admission.hpp"
+#include "safepy/metrics.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
