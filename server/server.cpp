@@ -240,6 +240,7 @@ private:
         if (m_read_expired && !m_idle) {
             m_exchange.outcome = "read_timeout";
             m_exchange.detail = ec.message();
+            m_exchange.refusal = true;
             return reject(HttpError{400, "The request did not arrive within " +
                                              std::to_string(m_server.settings.read_timeout.count()) + " ms"});
         }

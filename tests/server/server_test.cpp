@@ -602,6 +602,7 @@ TEST_F(ServerTest, GracefulStopKillsRunsThatOutlastTheGrace) {
     const auto res = in_flight.get();
     ASSERT_TRUE(res) << res.error();
     EXPECT_EQ(res->status, 503);
+    EXPECT_EQ(res->get_header_value("Retry-After"), "1");
     EXPECT_EQ(res->body, error_json("The server shut down before the run finished; retry on another instance",
                                     "unavailable"));
     EXPECT_EQ(m_server->killed_runs(), 1u);
