@@ -157,13 +157,17 @@ public:
     void drain() {
         net::post(m_stream.get_executor(), [self = shared_from_this()] {
             if (self->m_idle) {
-                self->m_stream.socket().close();
+                error_code ignored;
+                self->m_stream.socket().close(ignored);
             }
         });
     }
 
     void abort() {
-        net::post(m_stream.get_executor(), [self = shared_from_this()] { self->m_stream.socket().close(); });
+        net::post(m_stream.get_executor(), [self = shared_from_this()] {
+            error_code ignored;
+            self->m_stream.socket().close(ignored);
+        });
     }
 
 private:
@@ -386,6 +390,20 @@ private:
         RunResult result;
         result.holds_slot = true;
         result.queue_wait = waited;
+        try {
+            finish_run(request, result);
+        } catch (const std::exception& error) {  // out of memory for the reply: the slot is still released
+            result.outcome = status_name(Status::sandbox_error);
+            result.detail = error.what();
+            result.close_after = true;
+            result.reply = {500, error_body(HttpError{500, "Internal server error",
+                                                      std::string(status_name(Status::sandbox_error))})};
+        }
+        return result;
+    }
+
+    void finish_run(const Request& request, RunResult& result) {
+        Server::Impl& server = m_server;
         const Outcome outcome = server.sandbox->run(request);
         server.metrics.count_execution(outcome.status);
         result.outcome = status_name(outcome.status);
@@ -398,10 +416,9 @@ private:
             result.outcome = "killed_at_shutdown";
             result.close_after = true;
             result.reply = {503, error_body(unavailable("The server shut down before the run finished; retry on another instance"))};
-            return result;
+            return;
         }
         result.reply = execute_reply(outcome, m_details);
-        return result;
     }
 
     RunResult refused_run(Admission::Result why) const {
@@ -651,7 +668,7 @@ void Server::Impl::accepted(int fd) {
     }
     error_code ec;
     tcp::socket socket(net::make_strand(io));
-    socket.assign(acceptor.local_endpoint().protocol(), fd, ec);
+    socket.assign(acceptor.local_endpoint(ec).protocol(), fd, ec);
     if (ec) {
         ::close(fd);
         return;
@@ -788,7 +805,18 @@ std::optional<std::string> Server::start() {
     net::post(impl.acceptor.get_executor(), [&impl] { impl.accept_next(); });
     impl.summarise_refusals();
     for (std::size_t i = 0; i < std::max<std::size_t>(1, settings.io_threads); ++i) {
-        impl.io_threads.emplace_back([&impl] { impl.io.run(); });
+        impl.io_threads.emplace_back([&impl] {
+            // The edge for exceptions (out of memory, say): log, and keep serving.
+            for (;;) {
+                try {
+                    impl.io.run();
+                    return;
+                } catch (const std::exception& error) {
+                    impl.write_log("{\"time\":" + json_quote(log_timestamp(std::chrono::system_clock::now())) +
+                                   ",\"event\":\"internal_error\",\"error\":" + json_quote(error.what()) + "}");
+                }
+            }
+        });
     }
     return std::nullopt;
 }

@@ -133,7 +133,9 @@ TEST_F(HostileHttpTest, RepliesAreNeverCompressed) {
 TEST_F(HostileHttpTest, TwoThousandIdleConnectionsLockNobodyOut) {
     ServerSettings settings;
     settings.idle_timeout = 60s;
-    ASSERT_NO_FATAL_FAILURE(start(settings));
+    settings.read_timeout = 60s;
+    // Warm runs take milliseconds: the second allowed per answer is for the HTTP layer, not the jail.
+    ASSERT_NO_FATAL_FAILURE(start(settings, "", true));
     rlimit files{};
     ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &files), 0);
     if (files.rlim_max < 4200) {
@@ -150,7 +152,11 @@ TEST_F(HostileHttpTest, TwoThousandIdleConnectionsLockNobodyOut) {
     for (int i = 0; i < 50; ++i) {
         idle[static_cast<std::size_t>(i)]->send_all("G");
     }
-    ASSERT_TRUE(wait_for_metric("safepy_connections_open 2001", 10s)) << metrics();
+    const auto deadline = Clock::now() + 10s;
+    while (metric(metrics(), "safepy_connections_open") < 2001 && Clock::now() < deadline) {
+        std::this_thread::sleep_for(20ms);
+    }
+    ASSERT_GE(metric(metrics(), "safepy_connections_open"), 2001) << metrics();
     auto c = client();
     int answered = 0;
     for (int i = 0; i < 20; ++i) {
@@ -159,7 +165,8 @@ TEST_F(HostileHttpTest, TwoThousandIdleConnectionsLockNobodyOut) {
         const auto elapsed = Clock::now() - started;
         ASSERT_TRUE(res) << res.error();
         EXPECT_EQ(res->body, k_hello_envelope);
-        EXPECT_LT(elapsed, 1s) << "request " << i;
+        EXPECT_LT(elapsed, 1s) << "request " << i << " took "
+                               << std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count() << " ms";
         answered += res->status == 200 && elapsed < 1s;
     }
     EXPECT_EQ(answered, 20);
