@@ -45,7 +45,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       cmake g++ make pkg-config \
       libboost1.81-dev libboost-json1.81-dev libboost-filesystem1.81-dev \
-      libcli11-dev libcpp-httplib-dev libseccomp-dev \
+      libcli11-dev libseccomp-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY CMakeLists.txt ./

@@ -1,8 +1,11 @@
 // safepy-load: end-to-end load generator for safepy-server, with a bare-Python
 // baseline mode so that every figure can be quoted as a ratio to the cold floor.
 #include <CLI/CLI.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 #include <boost/json.hpp>
-#include <httplib.h>
 
 #include <algorithm>
 #include <atomic>
@@ -24,9 +27,13 @@
 #include <mutex>
 #include <optional>
 #include <sstream>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <spawn.h>
 #include <string>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -35,6 +42,10 @@
 extern char** environ;
 
 namespace json = boost::json;
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
 
 namespace {
 
@@ -71,6 +82,7 @@ struct Options {
     int server_pid = 0;
     double timeout_s = 60;
     std::string label;
+    unsigned idle_connections = 0;
 };
 
 // What one request ended as: empty when verified, else an error kind and a message.
@@ -103,48 +115,173 @@ std::string excerpt(std::string_view text) {
     return std::string(text.substr(0, k_bytes)) + (text.size() > k_bytes ? "..." : "");
 }
 
-// Sends the script to the server; one keep-alive connection per instance.
+// Sends the script to the server; one keep-alive connection per instance,
+// reopened when the server closes it. Beast over a private io_context, so
+// that every step has the request timeout.
 class HttpTarget {
 public:
-    HttpTarget(const std::string& scheme_host_port, std::string path, std::string body, const Options& options)
-        : m_client(scheme_host_port), m_path(std::move(path)), m_body(std::move(body)) {
-        const auto timeout = std::chrono::duration<double>(options.timeout_s);
-        const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(timeout);
-        const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(timeout - seconds);
-        m_client.set_keep_alive(true);
-        m_client.set_tcp_nodelay(true);  // headers and body go out in separate writes: Nagle would add ~40 ms
-        m_client.set_connection_timeout(seconds.count(), micros.count());
-        m_client.set_read_timeout(seconds.count(), micros.count());
-        m_client.set_write_timeout(seconds.count(), micros.count());
-    }
+    HttpTarget(const std::string& host, const std::string& port, std::string path, std::string body, const Options& options)
+        : m_host(host), m_port(port), m_path(std::move(path)), m_body(std::move(body)),
+          m_timeout(std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::duration<double>(options.timeout_s))) {}
 
     Check execute(const std::optional<json::value>& expected) {
-        auto response = m_client.Post(m_path, m_body, "application/json");
-        if (!response) {
-            return Failure{"transport", httplib::to_string(response.error())};
+        boost::system::error_code ec;
+        if (!m_open) {
+            ec = connect();
+            if (ec) {
+                return Failure{"transport", "connect: " + ec.message()};
+            }
         }
-        if (response->status != 200) {
-            return Failure{"http_status", "HTTP " + std::to_string(response->status) + ": " + excerpt(response->body)};
+        http::request<http::string_body> request{http::verb::post, m_path, 11};
+        request.set(http::field::host, m_host);
+        request.set(http::field::content_type, "application/json");
+        request.body() = m_body;
+        request.prepare_payload();
+        http::response_parser<http::string_body> parser;
+        parser.body_limit(boost::none);
+        m_stream.expires_after(m_timeout);
+        http::async_write(m_stream, request, [&](boost::system::error_code e, std::size_t) {
+            ec = e;
+            if (!ec) {
+                http::async_read(m_stream, m_buffer, parser, [&](boost::system::error_code e2, std::size_t) { ec = e2; });
+            }
+        });
+        run();
+        if (ec) {
+            m_open = false;
+            m_stream.close();
+            return Failure{ec == beast::error::timeout ? "timeout" : "transport", ec.message()};
         }
-        auto body = parse_json(response->body);
+        const auto& response = parser.get();
+        if (!response.keep_alive()) {
+            m_open = false;
+            m_stream.close();
+        }
+        if (response.result_int() != 200) {
+            return Failure{"http_status", "HTTP " + std::to_string(response.result_int()) + ": " + excerpt(response.body())};
+        }
+        auto body = parse_json(response.body());
         if (!body || !body->is_object()) {
-            return Failure{"bad_body", "not a JSON object: " + excerpt(response->body)};
+            return Failure{"bad_body", "not a JSON object: " + excerpt(response.body())};
         }
         const json::object& envelope = body->as_object();
         if (envelope.contains("error")) {
-            return Failure{"error_field", excerpt(response->body)};
+            return Failure{"error_field", excerpt(response.body())};
         }
         const json::value* result = envelope.if_contains("result");
         if (!result) {
-            return Failure{"no_result", excerpt(response->body)};
+            return Failure{"no_result", excerpt(response.body())};
         }
         return check_result(*result, expected);
     }
 
 private:
-    httplib::Client m_client;
+    boost::system::error_code connect() {
+        boost::system::error_code ec;
+        tcp::resolver resolver(m_io);
+        const auto endpoints = resolver.resolve(m_host, m_port, ec);
+        if (ec) {
+            return ec;
+        }
+        m_buffer.clear();
+        m_stream.expires_after(m_timeout);
+        m_stream.async_connect(endpoints, [&](boost::system::error_code e, const tcp::endpoint&) { ec = e; });
+        run();
+        if (!ec) {
+            // Headers and body may go out in separate writes: Nagle would add ~40 ms.
+            m_stream.socket().set_option(tcp::no_delay(true), ec);
+            m_open = true;
+        }
+        return ec;
+    }
+
+    void run() {
+        m_io.restart();
+        m_io.run();
+    }
+
+    std::string m_host;
+    std::string m_port;
     std::string m_path;
     std::string m_body;
+    std::chrono::milliseconds m_timeout;
+    net::io_context m_io;
+    beast::tcp_stream m_stream{m_io};
+    beast::flat_buffer m_buffer;
+    bool m_open = false;
+};
+
+// Connections that send nothing, held open for the whole run (and reopened
+// when the server closes one, e.g. at its idle timeout), to show what idle
+// clients cost everyone else.
+class IdleConnections {
+public:
+    IdleConnections(const std::string& host, int port, unsigned count) {
+        m_address.sin_family = AF_INET;
+        m_address.sin_port = htons(static_cast<std::uint16_t>(port));
+        boost::system::error_code ec;
+        const auto address = net::ip::make_address_v4(host, ec);
+        m_address.sin_addr.s_addr = htonl(ec ? INADDR_LOOPBACK : address.to_uint());
+        for (unsigned i = 0; i < count; ++i) {
+            m_fds.push_back(pollfd{open_one(), POLLIN, 0});
+        }
+        m_thread = std::thread([this] { hold(); });
+    }
+
+    ~IdleConnections() { stop(); }
+
+    // Closes them all; the number of connections the server closed and that were reopened.
+    std::int64_t stop() {
+        if (m_thread.joinable()) {
+            m_stop = true;
+            m_thread.join();
+            for (const auto& fd : m_fds) {
+                if (fd.fd >= 0) {
+                    close(fd.fd);
+                }
+            }
+        }
+        return m_reopened;
+    }
+
+    std::size_t open_now() const {
+        return static_cast<std::size_t>(std::count_if(m_fds.begin(), m_fds.end(), [](const pollfd& fd) { return fd.fd >= 0; }));
+    }
+
+private:
+    int open_one() const {
+        const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, reinterpret_cast<const sockaddr*>(&m_address), sizeof m_address) != 0) {
+            close(fd);
+            return -1;
+        }
+        return fd;
+    }
+
+    void hold() {
+        char discard[4096];
+        while (!m_stop) {
+            if (poll(m_fds.data(), m_fds.size(), 100) <= 0) {
+                continue;
+            }
+            for (auto& fd : m_fds) {
+                if (fd.fd >= 0 && fd.revents) {
+                    if (recv(fd.fd, discard, sizeof discard, MSG_DONTWAIT) > 0) {
+                        continue;  // a 503 from a server over its budget: read it, the close follows
+                    }
+                    close(fd.fd);
+                    fd.fd = open_one();
+                    ++m_reopened;
+                }
+            }
+        }
+    }
+
+    sockaddr_in m_address{};
+    std::vector<pollfd> m_fds;
+    std::atomic<bool> m_stop{false};
+    std::int64_t m_reopened = 0;
+    std::thread m_thread;
 };
 
 // A pipe whose ends are closed on exec; posix_spawn's dup2 clears the flag on the child's copy.
@@ -415,6 +552,8 @@ struct Report {
     double requests_per_s = 0;
     double p50_ms = 0, p90_ms = 0, p99_ms = 0, max_ms = 0, mean_ms = 0;
     std::optional<RssSample> rss;
+    std::size_t idle_open = 0;        // idle connections still open at the end
+    std::int64_t idle_reopened = 0;   // idle connections the server closed during the run
 };
 
 // Nearest-rank percentile of sorted values.
@@ -533,6 +672,10 @@ void print_report(const Options& options, const std::string& target, const Repor
     std::printf("  latency ms  p50 %.1f  p90 %.1f  p99 %.1f  max %.1f  mean %.1f\n", report.p50_ms, report.p90_ms,
                 report.p99_ms, report.max_ms, report.mean_ms);
     std::printf("  throughput  %.2f req/s\n", report.requests_per_s);
+    if (options.idle_connections > 0) {
+        std::printf("  idle        %zu of %u still open at the end, %lld closed by the server and reopened\n",
+                    report.idle_open, options.idle_connections, static_cast<long long>(report.idle_reopened));
+    }
     if (report.rss) {
         std::printf("  server RSS  start %.1f MiB, peak VmRSS %.1f MiB, VmHWM %.1f MiB%s\n",
                     mib(report.rss->start_vmrss_bytes), mib(report.rss->peak_vmrss_bytes),
@@ -555,6 +698,9 @@ json::object report_json(const Options& options, const std::string& target, cons
     }
     json::object out{
         {"label", options.label},
+        {"idle_connections", options.idle_connections},
+        {"idle_open_at_end", report.idle_open},
+        {"idle_reopened", report.idle_reopened},
         {"mode", options.baseline ? "baseline" : "server"},
         {"target", target},
         {"script", options.script_path},
@@ -586,14 +732,40 @@ json::object report_json(const Options& options, const std::string& target, cons
     return out;
 }
 
-// Splits "http://host:port/path" into "http://host:port" and "/path" (default /execute).
-std::pair<std::string, std::string> split_url(const std::string& url) {
-    const auto scheme_end = url.find("://");
-    const auto path_start = url.find('/', scheme_end == std::string::npos ? 0 : scheme_end + 3);
-    if (path_start == std::string::npos) {
-        return {url, "/execute"};
+struct Url {
+    std::string host;
+    std::string port = "80";
+    std::string path = "/execute";
+};
+
+// Splits "http://host:port/path" (the path defaults to /execute); empty when not http://.
+std::optional<Url> split_url(const std::string& url) {
+    constexpr std::string_view k_scheme = "http://";
+    if (url.rfind(k_scheme, 0) != 0) {
+        return std::nullopt;
     }
-    return {url.substr(0, path_start), url.substr(path_start)};
+    Url parts;
+    const auto path_start = url.find('/', k_scheme.size());
+    std::string authority = url.substr(k_scheme.size(), path_start == std::string::npos ? std::string::npos
+                                                                                          : path_start - k_scheme.size());
+    if (path_start != std::string::npos) {
+        parts.path = url.substr(path_start);
+    }
+    if (const auto colon = authority.rfind(':'); colon != std::string::npos) {
+        parts.port = authority.substr(colon + 1);
+        authority.resize(colon);
+    }
+    parts.host = authority;
+    return parts.host.empty() ? std::nullopt : std::optional<Url>(parts);
+}
+
+// Idle connections and many workers need descriptors: take what the hard limit allows.
+void raise_open_file_limit() {
+    rlimit files{};
+    if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+        files.rlim_cur = files.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &files);
+    }
 }
 
 }  // namespace
@@ -629,6 +801,9 @@ int main(int argc, char** argv) {
         ->check(CLI::PositiveNumber)
         ->capture_default_str();
     app.add_option("--label", options.label, "a name for this run in the JSON report");
+    app.add_option("--idle-connections", options.idle_connections,
+                   "hold this many connections open, sending nothing, while the load runs (reopened when closed)")
+        ->capture_default_str();
     try {
         app.parse(argc, argv);
         if (!options.baseline && options.url.empty()) {
@@ -663,10 +838,25 @@ int main(int argc, char** argv) {
         target = options.python + " -I";
         report = run_load(options, expected, [&] { return BaselineTarget(options); });
     } else {
-        auto [scheme_host_port, path] = split_url(options.url);
-        target = scheme_host_port + path;
+        const auto url = split_url(options.url);
+        if (!url) {
+            std::cerr << "safepy-load: --url must be http://HOST:PORT/PATH\n";
+            return k_exit_usage;
+        }
+        target = options.url;
+        raise_open_file_limit();
+        std::optional<IdleConnections> idle;
+        if (options.idle_connections > 0) {
+            idle.emplace(url->host, std::stoi(url->port), options.idle_connections);
+            std::printf("  idle        %zu of %u connections open before the load\n", idle->open_now(),
+                        options.idle_connections);
+        }
         const std::string body = json::serialize(json::object{{"script", script}});
-        report = run_load(options, expected, [&] { return HttpTarget(scheme_host_port, path, body, options); });
+        report = run_load(options, expected, [&] { return HttpTarget(url->host, url->port, url->path, body, options); });
+        if (idle) {
+            report.idle_open = idle->open_now();
+            report.idle_reopened = idle->stop();
+        }
     }
 
     print_report(options, target, report);

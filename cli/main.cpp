@@ -1,4 +1,5 @@
 // safepy: run a Python script's main() in a sandbox and print the envelope.
+#include "safepy/options.hpp"
 #include "safepy/safepy.hpp"
 
 #include <CLI/CLI.hpp>
@@ -81,16 +82,7 @@ void add_limit_options(CLI::App& command, Options& options) {
 
 // Turns the typed limits into Limits; an error message on bad input.
 std::optional<std::string> build_limits(const Options& options, safepy::Limits& limits) {
-    for (const auto& [name, text] : options.limits) {
-        const auto value = safepy::parse_quantity(text);
-        if (!value) {
-            return "--" + name + ": not a number: " + text;
-        }
-        if (auto error = safepy::set_limit(limits, name, *value, options.config.maxima)) {
-            return *error;
-        }
-    }
-    return std::nullopt;
+    return safepy::apply_typed_limits(options.limits, "--", limits, options.config.maxima);
 }
 
 std::unique_ptr<safepy::Sandbox> make_sandbox(Options& options) {

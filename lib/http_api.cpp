@@ -228,7 +228,241 @@ json::string_view logged_text(std::string_view text, std::string& storage) {
     return json::string_view(storage.data(), storage.size());
 }
 
+bool is_tchar(unsigned char c) {
+    return std::isalnum(c) || std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos;
+}
+
+bool is_token(std::string_view text) {
+    return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) { return is_tchar(static_cast<unsigned char>(c)); });
+}
+
+// Field values: visible characters, obs-text, spaces and tabs; no other control character.
+bool is_field_value(std::string_view text) {
+    return std::all_of(text.begin(), text.end(), [](char ch) {
+        const auto c = static_cast<unsigned char>(ch);
+        return c == '\t' || (c >= 0x20 && c != 0x7f);
+    });
+}
+
+constexpr std::string_view k_methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "CONNECT"};
+
 }  // namespace
+
+RequestHeadScanner::RequestHeadScanner(RequestHeadLimits limits) : m_limits(limits) {
+    m_error.message = "Malformed HTTP request";
+}
+
+RequestHeadScanner::State RequestHeadScanner::refuse(int http_status, std::string detail) {
+    m_error.http_status = http_status;
+    m_error.message = http_status == 414 ? "The request line is too long" : "Malformed HTTP request";
+    m_detail = std::move(detail);
+    return State::refused;
+}
+
+RequestHeadScanner::State RequestHeadScanner::scan(std::string_view received) {
+    if (m_head_bytes) {
+        return State::complete;
+    }
+    if (!m_detail.empty()) {
+        return State::refused;
+    }
+    const std::size_t end = std::min(received.size(), m_limits.head_bytes);
+    for (; m_scanned < end; ++m_scanned) {
+        const char c = received[m_scanned];
+        if (c == '\r') {
+            if (m_scanned + 1 < received.size() && received[m_scanned + 1] != '\n') {
+                return refuse(400, "a bare CR in the head");
+            }
+            continue;
+        }
+        if (c == '\0') {
+            return refuse(400, "a NUL byte in the head");
+        }
+        if (c != '\n') {
+            continue;
+        }
+        if (m_scanned == m_line_start || received[m_scanned - 1] != '\r') {
+            return refuse(400, "a line ends in a bare LF");
+        }
+        const std::string_view line = received.substr(m_line_start, m_scanned - 1 - m_line_start);
+        if (const State state = check_line(line); state != State::need_more) {
+            if (state == State::complete) {
+                m_head_bytes = m_scanned + 1;
+            }
+            return state;
+        }
+        ++m_lines;
+        m_line_start = m_scanned + 1;
+    }
+    if (m_lines == 0 && m_scanned - m_line_start > m_limits.target_bytes + 32) {
+        return refuse(414, "the request line is longer than " + std::to_string(m_limits.target_bytes + 32) + " bytes");
+    }
+    if (received.size() >= m_limits.head_bytes) {
+        return refuse(400, "the head is larger than " + std::to_string(m_limits.head_bytes) + " bytes");
+    }
+    return State::need_more;
+}
+
+RequestHeadScanner::State RequestHeadScanner::check_line(std::string_view line) {
+    if (m_lines == 0) {
+        const auto first = line.find(' ');
+        const auto second = first == std::string_view::npos ? first : line.find(' ', first + 1);
+        if (second == std::string_view::npos) {
+            return refuse(400, "the request line is not METHOD SP TARGET SP VERSION");
+        }
+        const std::string_view method = line.substr(0, first);
+        const std::string_view target = line.substr(first + 1, second - first - 1);
+        const std::string_view version = line.substr(second + 1);
+        if (std::find(std::begin(k_methods), std::end(k_methods), method) == std::end(k_methods)) {
+            return refuse(400, "unknown method " + quoted_name(method));
+        }
+        if (target.size() > m_limits.target_bytes) {
+            return refuse(414, "the request target is " + std::to_string(target.size()) + " bytes");
+        }
+        if (target.empty() || !std::all_of(target.begin(), target.end(), [](char c) { return c > 0x20 && c < 0x7f; })) {
+            return refuse(400, "the request target is empty or holds a space or control character");
+        }
+        if (version != "HTTP/1.1" && version != "HTTP/1.0") {
+            return refuse(400, "unsupported version " + quoted_name(version));
+        }
+        m_http11 = version == "HTTP/1.1";
+        return State::need_more;
+    }
+    if (line.empty()) {
+        if (m_http11 && m_hosts != 1) {
+            return refuse(400, m_hosts == 0 ? "no Host header" : "more than one Host header");
+        }
+        return State::complete;
+    }
+    if (m_lines > m_limits.fields) {
+        return refuse(400, "more than " + std::to_string(m_limits.fields) + " header lines");
+    }
+    if (line.front() == ' ' || line.front() == '\t') {
+        return refuse(400, "obs-fold (a header line starting with white space)");
+    }
+    const auto colon = line.find(':');
+    if (colon == std::string_view::npos) {
+        return refuse(400, "a header line without a colon");
+    }
+    const std::string_view name = line.substr(0, colon);
+    if (!is_token(name)) {
+        return refuse(400, "the header name " + quoted_name(name) + " is not a token");
+    }
+    if (!is_field_value(line.substr(colon + 1))) {
+        return refuse(400, "a control character in the value of " + quoted_name(name));
+    }
+    if (iequals(name, "host")) {
+        ++m_hosts;
+    }
+    return State::need_more;
+}
+
+std::optional<RequestTarget> parse_request_target(std::string_view target) {
+    for (const std::string_view scheme : {"http://", "https://"}) {
+        if (target.size() > scheme.size() && iequals(target.substr(0, scheme.size()), scheme)) {
+            const auto slash = target.find_first_of("/?", scheme.size());
+            if (slash == scheme.size()) {
+                return std::nullopt;  // no authority
+            }
+            target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
+            if (target.front() == '?') {
+                return std::nullopt;
+            }
+            break;
+        }
+    }
+    if (target.empty() || target.front() != '/') {
+        return std::nullopt;
+    }
+    const auto question = target.find('?');
+    if (question == std::string_view::npos) {
+        return RequestTarget{target, {}};
+    }
+    return RequestTarget{target.substr(0, question), target.substr(question + 1)};
+}
+
+std::string_view query_parameter(std::string_view query, std::string_view name) {
+    while (!query.empty()) {
+        const auto amp = query.find('&');
+        const std::string_view pair = query.substr(0, amp);
+        const auto equals = pair.find('=');
+        if (pair.substr(0, equals) == name) {
+            return equals == std::string_view::npos ? std::string_view() : pair.substr(equals + 1);
+        }
+        query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    }
+    return {};
+}
+
+std::variant<Request, HttpReply> prepare_execute(std::string_view body, const ExecutePolicy& policy,
+                                                 const Sandbox& sandbox) {
+    auto parsed = parse_execute_body(body, policy);
+    if (auto* error = std::get_if<HttpError>(&parsed)) {
+        return HttpReply{error->http_status, error_body(*error)};
+    }
+    // Requests the library would refuse anyway do not wait for a slot.
+    if (auto problem = sandbox.check(std::get<Request>(parsed))) {
+        Outcome rejected;
+        rejected.status = Status::invalid_request;
+        rejected.error = *problem;
+        return HttpReply{http_status(rejected.status), envelope_json(rejected)};
+    }
+    return std::get<Request>(std::move(parsed));
+}
+
+HttpReply execute_reply(const Outcome& outcome, bool details) {
+    return HttpReply{http_status(outcome.status), envelope_json(outcome, details)};
+}
+
+HttpReply readiness_reply(const Diagnostics& diagnostics, std::string& detail) {
+    if (diagnostics.probe_status == Status::ok) {
+        return HttpReply{200, "{\"status\": \"ready\", \"jail\": " + json_quote(diagnostics.jail) +
+                                  ", \"probe_ms\": " + std::to_string(diagnostics.probe_wall.count()) +
+                                  ", \"resource_control\": " + json_quote(diagnostics.resource_control) +
+                                  ", \"resource_control_reason\": " +
+                                  json_quote(diagnostics.resource_control_reason) + "}"};
+    }
+    // The first line without the bracketed detail is the outcome's error, fit for clients.
+    const std::string& error = diagnostics.probe_error;
+    detail = error;
+    const std::string summary = error.substr(0, std::min(error.find(" ["), error.find('\n')));
+    return HttpReply{503, error_body(HttpError{503,
+                                               "The sandbox probe run failed (" +
+                                                   std::string(status_name(diagnostics.probe_status)) + "): " + summary,
+                                               std::string(status_name(Status::sandbox_error))})};
+}
+
+bool RefusalThrottle::admit(std::string_view outcome, Clock::time_point now) {
+    if (!m_window || now - *m_window >= std::chrono::seconds(1)) {
+        m_window = now;
+        return true;
+    }
+    auto it = m_suppressed.find(outcome);
+    if (it == m_suppressed.end()) {
+        it = m_suppressed.emplace(std::string(outcome), 0).first;
+    }
+    ++it->second;
+    return false;
+}
+
+std::optional<std::string> RefusalThrottle::summary(std::chrono::system_clock::time_point wall) {
+    if (m_suppressed.empty()) {
+        return std::nullopt;
+    }
+    json::object line;
+    json::object outcomes;
+    std::uint64_t count = 0;
+    for (const auto& [outcome, n] : m_suppressed) {
+        outcomes[outcome] = n;
+        count += n;
+    }
+    line["time"] = log_timestamp(wall);
+    line["event"] = "refusals_suppressed";
+    line["count"] = count;
+    line["outcomes"] = std::move(outcomes);
+    m_suppressed.clear();
+    return json::serialize(line);
+}
 
 std::string error_body(const HttpError& error) {
     return "{\"error\": " + json_string(repair_utf8(error.message)) +

@@ -3,12 +3,14 @@
 #include "server.hpp"
 
 #include "safepy/http.hpp"
+#include "safepy/options.hpp"
 #include "safepy/safepy.hpp"
 
 #include <CLI/CLI.hpp>
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -43,6 +45,7 @@ struct Options {
     std::int64_t idle_timeout_ms = 5'000;
     std::int64_t ready_cache_ms = 5'000;
     std::int64_t grace_ms = 8'000;
+    std::size_t connection_threads = 0;  // retired: a budget of twice this many connections
     std::map<std::string, std::string> defaults;  // by limit name, as typed
     std::map<std::string, std::string> maxima;
 };
@@ -60,14 +63,6 @@ std::string field(const std::string& name, const std::string& text) {
 
 std::string field(const std::string& name, std::uint64_t value) {
     return safepy::json_quote(name) + ":" + std::to_string(value);
-}
-
-std::string flag_name(std::string_view limit) {
-    std::string flag(limit);
-    for (auto& c : flag) {
-        c = c == '_' ? '-' : c;
-    }
-    return flag;
 }
 
 std::string env_name(std::string_view prefix, std::string_view limit) {
@@ -113,10 +108,13 @@ void add_options(CLI::App& app, Options& options) {
     with_env(app.add_option("--keep-alive-requests", s.keep_alive_max_requests, "requests per connection")
                               ->check(CLI::PositiveNumber),
                           "SAFEPY_KEEP_ALIVE_REQUESTS");
-    with_env(app.add_option("--connection-threads", s.connection_threads,
-                                         "connections served at once, as many more may wait, then 503 "
-                                         "(0: concurrency + queue + 32)"),
-                          "SAFEPY_CONNECTION_THREADS");
+    with_env(app.add_option("--max-connections", s.max_connections,
+                            "open connections (idle ones included); more get an immediate 503")
+                 ->check(CLI::PositiveNumber),
+             "SAFEPY_MAX_CONNECTIONS");
+    with_env(app.add_option("--connection-threads", options.connection_threads,
+                            "retired (connections no longer take a thread): sets --max-connections to twice this"),
+             "SAFEPY_CONNECTION_THREADS");
     with_env(app.add_option("--ready-cache-ms", options.ready_cache_ms, "how long a /readyz probe run is reused")
                                ->check(CLI::NonNegativeNumber),
                            "SAFEPY_READY_CACHE_MS");
@@ -130,11 +128,11 @@ void add_options(CLI::App& app, Options& options) {
     for (const auto& limit : safepy::limit_fields()) {
         const std::string name(limit.name);
         app.add_option_function<std::string>(
-               "--" + flag_name(name), [&options, name](const std::string& value) { options.defaults[name] = value; },
+               "--" + safepy::limit_flag(name), [&options, name](const std::string& value) { options.defaults[name] = value; },
                "default " + std::string(limit.summary) + " (" + std::to_string(*safepy::get_limit(defaults, name)) + ")")
             ->envname(env_name("SAFEPY_", name));
         app.add_option_function<std::string>(
-               "--max-" + flag_name(name), [&options, name](const std::string& value) { options.maxima[name] = value; },
+               "--max-" + safepy::limit_flag(name), [&options, name](const std::string& value) { options.maxima[name] = value; },
                "largest " + name + " a request may ask for (" + std::to_string(*safepy::get_limit(maxima, name)) + ")")
             ->envname(env_name("SAFEPY_MAX_", name));
     }
@@ -171,21 +169,6 @@ void add_options(CLI::App& app, Options& options) {
              "SAFEPY_WARM_POOL");
 }
 
-// Applies typed limit values to `limits`, each checked against `ceiling`.
-std::optional<std::string> apply_limits(const std::map<std::string, std::string>& typed, std::string_view flag_prefix,
-                                        safepy::Limits& limits, const safepy::Limits& ceiling) {
-    for (const auto& [name, text] : typed) {
-        const auto value = safepy::parse_quantity(text);
-        if (!value) {
-            return std::string(flag_prefix) + flag_name(name) + ": not a number: " + text;
-        }
-        if (auto error = safepy::set_limit(limits, name, *value, ceiling)) {
-            return std::string(flag_prefix) + flag_name(name) + ": " + *error;
-        }
-    }
-    return std::nullopt;
-}
-
 // Turns the typed options into the library's Config and the server's settings.
 std::optional<std::string> build(Options& options) {
     auto& s = options.settings;
@@ -212,11 +195,11 @@ std::optional<std::string> build(Options& options) {
     options.config.warm = options.mode == "warm";
     options.config.concurrency = s.concurrency;
     safepy::Limits maxima = safepy::service_maxima(s.concurrency, options.config.warm);
-    if (auto error = apply_limits(options.maxima, "--max-", maxima, unbounded)) {
+    if (auto error = safepy::apply_typed_limits(options.maxima, "--max-", maxima, unbounded)) {
         return error;
     }
     safepy::Limits defaults = safepy::fit_defaults(safepy::Limits{}, maxima);
-    if (auto error = apply_limits(options.defaults, "--", defaults, maxima)) {
+    if (auto error = safepy::apply_typed_limits(options.defaults, "--", defaults, maxima)) {
         return error;
     }
     if (auto error = safepy::check_limits(defaults, maxima)) {
@@ -231,6 +214,9 @@ std::optional<std::string> build(Options& options) {
     s.write_timeout = std::chrono::milliseconds(options.write_timeout_ms);
     s.idle_timeout = std::chrono::milliseconds(options.idle_timeout_ms);
     s.ready_cache = std::chrono::milliseconds(options.ready_cache_ms);
+    if (options.connection_threads > 0) {
+        s.max_connections = 2 * options.connection_threads;
+    }
     return std::nullopt;
 }
 
@@ -294,7 +280,16 @@ int main(int argc, char** argv) {
                                field("jail", diagnostics.jail) + "," + field("mode", diagnostics.mode) + "," +
                                field("resource_control", diagnostics.resource_control) + "," +
                                field("resource_control_reason", diagnostics.resource_control_reason) + "," +
-                               field("concurrency", settings.concurrency) + "," + field("queue", settings.queue_length));
+                               field("concurrency", settings.concurrency) + "," + field("queue", settings.queue_length) +
+                               "," + field("max_connections", settings.max_connections));
+    // start() raised the soft limit to the hard one; past it, accepting pauses instead of refusing with 503.
+    if (rlimit files{}; getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY &&
+                        files.rlim_cur < settings.max_connections + 64) {
+        log_event("note", field("note", "the open-file limit (" + std::to_string(files.rlim_cur) +
+                                            ") is below --max-connections (" + std::to_string(settings.max_connections) +
+                                            ") plus the server's own descriptors; raise it (ulimit -n, "
+                                            "LimitNOFILE=) or lower --max-connections"));
+    }
 
     const int signal_number = wait_for_stop_signal();
     log_event("stopping", field("signal", signal_number == SIGINT ? "SIGINT" : "SIGTERM") + "," +

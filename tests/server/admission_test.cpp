@@ -1,5 +1,5 @@
-#include "admission.hpp"
-#include "metrics.hpp"
+#include "safepy/admission.hpp"
+#include "safepy/metrics.hpp"
 
 #include <gtest/gtest.h>
 

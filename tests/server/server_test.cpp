@@ -1,319 +1,17 @@
 // Real HTTP against the real server on a free port, every run under bubblewrap.
 // These tests fail, never skip, when bubblewrap does not work.
-#include "server.hpp"
-
-#include "safepy/http.hpp"
-#include "safepy/safepy.hpp"
-
-#include <httplib.h>
-
-#include <gtest/gtest.h>
-
-#include <arpa/inet.h>
-#include <dirent.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <atomic>
-#include <fstream>
-#include <future>
-#include <mutex>
-#include <regex>
-#include <set>
-#include <sstream>
-#include <thread>
-#include <vector>
+#include "server_fixture.hpp"
 
 namespace safepy::server {
 namespace {
 
+using namespace test_support;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-// The README's three examples: the exact bytes curl sends, and the exact answers.
-const std::string k_hello_body = R"({"script": "def main(): return {\"result\": \"Hello, World!\"}"})";
-const std::string k_hello_envelope = R"({"result": {"result": "Hello, World!"}, "stdout": ""})";
-const std::string k_numbers_body =
-    R"({"script": "def main():\n    print(\"computing\")\n    return {\"sum\": sum(range(10)), \"pi\": 3.14}"})";
-const std::string k_numbers_envelope = R"({"result": {"sum": 45, "pi": 3.14}, "stdout": "computing\n"})";
-const std::string k_no_main_body = R"({"script": "def helper(): return 1"})";
-const std::string k_no_main_envelope =
-    R"({"error": "Script must contain a main() function", "status": "invalid_script", "stdout": "", "stderr": ""})";
-
-std::string execute_body(std::string_view script, std::string_view limits = "") {
-    std::string body = "{\"script\": " + json_quote(script);
-    if (!limits.empty()) {
-        body += ", \"limits\": " + std::string(limits);
-    }
-    return body + "}";
-}
-
-std::string sleeper(double seconds) {
-    return "import time\ndef main():\n    time.sleep(" + std::to_string(seconds) + ")\n    return {\"slept\": True}\n";
-}
-
-std::string error_json(std::string_view message, std::string_view status = "invalid_request") {
-    return "{\"error\": " + json_quote(message) + ", \"status\": " + json_quote(status) + "}";
-}
-
-std::vector<pid_t> children_of_this_process() {
-    std::vector<pid_t> children;
-    DIR* proc = opendir("/proc");
-    while (proc) {
-        const dirent* entry = readdir(proc);
-        if (!entry) {
-            break;
-        }
-        if (std::string_view(entry->d_name).find_first_not_of("0123456789") != std::string_view::npos) {
-            continue;
-        }
-        std::ifstream stat(std::string("/proc/") + entry->d_name + "/stat");
-        std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-        const auto close = text.rfind(')');
-        if (close == std::string::npos) {
-            continue;
-        }
-        std::istringstream fields(text.substr(close + 1));
-        std::string state;
-        pid_t parent = 0;
-        if (fields >> state >> parent && parent == getpid() && state != "Z") {
-            children.push_back(std::stoi(entry->d_name));
-        }
-    }
-    if (proc) {
-        closedir(proc);
-    }
-    return children;
-}
-
-std::uint64_t resident_bytes() {
-    std::ifstream status("/proc/self/status");
-    std::string line;
-    while (std::getline(status, line)) {
-        if (line.rfind("VmRSS:", 0) == 0) {
-            return std::stoull(line.substr(6)) * 1024;
-        }
-    }
-    return 0;
-}
-
-// A plain TCP connection, for what httplib::Client will not send.
-class Raw {
-public:
-    explicit Raw(int port) : m_fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
-        sockaddr_in address{};
-        address.sin_family = AF_INET;
-        address.sin_port = htons(static_cast<std::uint16_t>(port));
-        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        m_connected = connect(m_fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
-    }
-    ~Raw() { close(m_fd); }
-    Raw(const Raw&) = delete;
-    Raw& operator=(const Raw&) = delete;
-
-    bool connected() const { return m_connected; }
-
-    bool send_all(std::string_view data) {
-        while (!data.empty()) {
-            const ssize_t n = send(m_fd, data.data(), data.size(), MSG_NOSIGNAL);
-            if (n <= 0) {
-                return false;
-            }
-            data.remove_prefix(static_cast<std::size_t>(n));
-        }
-        return true;
-    }
-
-    // Everything until the server closes or `timeout` passes; `closed` says which.
-    std::string read_until_close(std::chrono::milliseconds timeout, bool* closed = nullptr) {
-        std::string out;
-        const auto deadline = Clock::now() + timeout;
-        bool eof = false;
-        while (!eof && Clock::now() < deadline) {
-            eof = !read_some(out, deadline);
-        }
-        if (closed) {
-            *closed = eof;
-        }
-        return out;
-    }
-
-    // One response: headers and a Content-Length body.
-    std::string read_response(std::chrono::milliseconds timeout = 10s) {
-        const auto deadline = Clock::now() + timeout;
-        std::string out = std::move(m_pending);
-        m_pending.clear();
-        for (;;) {
-            const auto end = out.find("\r\n\r\n");
-            if (end != std::string::npos) {
-                const std::size_t total = end + 4 + content_length(out.substr(0, end));
-                if (out.size() >= total) {
-                    m_pending = out.substr(total);
-                    out.resize(total);
-                    return out;
-                }
-            }
-            if (Clock::now() >= deadline || !read_some(out, deadline)) {
-                return out;
-            }
-        }
-    }
-
-private:
-    static std::size_t content_length(const std::string& headers) {
-        static const std::regex pattern("\r\ncontent-length: *([0-9]+)", std::regex::icase);
-        std::smatch match;
-        return std::regex_search(headers, match, pattern) ? std::stoul(match[1]) : 0;
-    }
-
-    // False on end of stream or error.
-    bool read_some(std::string& out, Clock::time_point deadline) {
-        pollfd fd{m_fd, POLLIN, 0};
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-        if (poll(&fd, 1, static_cast<int>(std::max<std::int64_t>(left.count(), 0))) <= 0) {
-            return true;
-        }
-        char buffer[65536];
-        const ssize_t n = recv(m_fd, buffer, sizeof buffer, 0);
-        if (n <= 0) {
-            return false;
-        }
-        out.append(buffer, static_cast<std::size_t>(n));
-        return true;
-    }
-
-    int m_fd;
-    bool m_connected = false;
-    std::string m_pending;
-};
-
-int status_of(const std::string& response) {
-    return response.size() > 12 && response.rfind("HTTP/1.1 ", 0) == 0 ? std::stoi(response.substr(9, 3)) : 0;
-}
-
-std::string body_of(const std::string& response) {
-    const auto end = response.find("\r\n\r\n");
-    return end == std::string::npos ? "" : response.substr(end + 4);
-}
-
-bool has_header(const std::string& response, const std::string& line) {
-    return response.find("\r\n" + line + "\r\n") != std::string::npos;
-}
-
-class ServerTest : public ::testing::Test {
+class ServerTest : public ServerFixture {
 protected:
-    void TearDown() override {
-        if (m_server) {
-            m_server->stop(0ms);
-        }
-        if (HasFailure()) {
-            for (const auto& line : log_lines()) {
-                std::cerr << "server log: " << line << "\n";
-            }
-        }
-    }
-
-    // Starts a server on a free port of 127.0.0.1 with its runs under bubblewrap.
-    void start(ServerSettings settings = {}, const std::string& bwrap_path = "", bool warm = false) {
-        Config config;
-        config.jail = JailKind::bwrap;
-        config.bwrap_path = bwrap_path;
-        config.maxima = settings.policy.maxima;
-        config.warm = warm;
-        std::string error;
-        auto sandbox = Sandbox::create(config, error);
-        ASSERT_NE(sandbox, nullptr) << "bubblewrap must work for the server tests: " << error;
-        ASSERT_TRUE(sandbox->wait_ready(30s)) << "the warm pool did not start";
-        settings.address = "127.0.0.1";
-        settings.port = 0;
-        settings.log = [this](std::string_view line) {
-            std::lock_guard lock(m_log_mutex);
-            m_log.emplace_back(line);
-        };
-        m_server = std::make_unique<Server>(std::move(settings), std::move(sandbox));
-        const auto problem = m_server->start();
-        ASSERT_EQ(problem, std::nullopt) << *problem;
-        ASSERT_GT(m_server->port(), 0);
-    }
-
-    int port() const { return m_server->port(); }
-
-    std::unique_ptr<httplib::Client> client() const {
-        auto c = std::make_unique<httplib::Client>("127.0.0.1", port());
-        c->set_connection_timeout(5s);
-        c->set_read_timeout(60s);
-        c->set_write_timeout(10s);
-        return c;
-    }
-
-    httplib::Result execute(const std::string& body, const std::string& content_type = "application/json") const {
-        return client()->Post("/execute", body, content_type);
-    }
-
-    void expect_hello_world() const {
-        const auto res = execute(k_hello_body);
-        ASSERT_TRUE(res) << httplib::to_string(res.error());
-        EXPECT_EQ(res->status, 200);
-        EXPECT_EQ(res->body, k_hello_envelope);
-    }
-
-    void expect_error(const std::string& body, int status, const std::string& envelope,
-                      const std::string& content_type = "application/json") const {
-        const auto res = execute(body, content_type);
-        ASSERT_TRUE(res) << httplib::to_string(res.error());
-        EXPECT_EQ(res->status, status) << body.substr(0, 200);
-        EXPECT_EQ(res->body, envelope) << body.substr(0, 200);
-        EXPECT_EQ(res->get_header_value("Content-Type"), "application/json");
-    }
-
-    // The message of a 400 answer, checking that the body is an invalid_request error.
-    std::string bad_request_message(const std::string& body) const {
-        const auto res = execute(body);
-        if (!res) {
-            ADD_FAILURE() << httplib::to_string(res.error());
-            return {};
-        }
-        EXPECT_EQ(res->status, 400) << body.substr(0, 200);
-        static const std::regex pattern(R"re(^\{"error": "(.*)", "status": "invalid_request"\}$)re");
-        std::smatch match;
-        if (!std::regex_match(res->body, match, pattern)) {
-            ADD_FAILURE() << "not an invalid_request body: " << res->body;
-            return {};
-        }
-        return match[1];
-    }
-
-    std::string metrics() const {
-        const auto res = client()->Get("/metrics");
-        return res && res->status == 200 ? res->body : "";
-    }
-
-    bool wait_for_metric(const std::string& line, std::chrono::milliseconds timeout = 10s) const {
-        const auto deadline = Clock::now() + timeout;
-        while (Clock::now() < deadline) {
-            if (metrics().find("\n" + line + "\n") != std::string::npos) {
-                return true;
-            }
-            std::this_thread::sleep_for(20ms);
-        }
-        return false;
-    }
-
     void check_bombs_stay_in_their_slot(bool warm);
-
-    std::vector<std::string> log_lines() {
-        std::lock_guard lock(m_log_mutex);
-        return m_log;
-    }
-
-    std::unique_ptr<Server> m_server;
-    std::mutex m_log_mutex;
-    std::vector<std::string> m_log;
 };
 
 TEST_F(ServerTest, ReadmeHelloWorld) {
@@ -420,19 +118,15 @@ TEST_F(ServerTest, BodyOverTheLimitIs413WithoutReadingIt) {
 
 TEST_F(ServerTest, ChunkedAndLengthlessBodiesAre411) {
     ASSERT_NO_FATAL_FAILURE(start());
-    // httplib::Client sends a body of unknown length chunked.
-    auto c = client();
-    const auto res = c->Post(
-        "/execute",
-        [](size_t, httplib::DataSink& sink) {
-            sink.write(k_hello_body.data(), k_hello_body.size());
-            sink.done();
-            return true;
-        },
-        "application/json");
-    ASSERT_TRUE(res) << httplib::to_string(res.error());
-    EXPECT_EQ(res->status, 411);
-    EXPECT_EQ(res->body,
+    // A complete chunked body, as clients send a body of unknown length.
+    Raw whole(port());
+    std::ostringstream size;
+    size << std::hex << k_hello_body.size();
+    ASSERT_TRUE(whole.send_all("POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               "Transfer-Encoding: chunked\r\n\r\n" + size.str() + "\r\n" + k_hello_body + "\r\n0\r\n\r\n"));
+    const std::string refused = whole.read_response(5s);
+    EXPECT_EQ(status_of(refused), 411) << refused;
+    EXPECT_EQ(body_of(refused),
               error_json("Transfer-Encoding (chunked) request bodies are not accepted; send Content-Length"));
 
     // An endless chunked stream is refused from its headers alone.
@@ -591,7 +285,7 @@ TEST_F(ServerTest, TooManyConnectionsGetAnImmediate503) {
     ServerSettings settings;
     settings.concurrency = 1;
     settings.queue_length = 0;
-    settings.connection_threads = 2;  // and 2 more may wait for a thread
+    settings.max_connections = 4;
     ASSERT_NO_FATAL_FAILURE(start(settings));
     std::vector<std::unique_ptr<Raw>> held;
     for (int i = 0; i < 4; ++i) {
@@ -646,7 +340,7 @@ TEST_F(ServerTest, SixteenConcurrentRequestsAreAllAnsweredCorrectly) {
         replies.push_back(std::async(std::launch::async, [this, i] {
             const auto res = execute(execute_body("def main():\n    print(" + std::to_string(i) + ")\n    return {\"n\": " +
                                                   std::to_string(i) + "}\n"));
-            return res ? std::make_pair(res->status, res->body) : std::make_pair(0, httplib::to_string(res.error()));
+            return res ? std::make_pair(res->status, res->body) : std::make_pair(0, res.error());
         }));
     }
     for (int i = 0; i < k_requests; ++i) {
@@ -774,7 +468,7 @@ TEST_F(ServerTest, WarmModeAnswersTheReadmeExamplesAndConcurrentRequests) {
         replies.push_back(std::async(std::launch::async, [this, i] {
             const auto res = execute(execute_body("import pandas\ndef main():\n    return {\"n\": int(pandas.Series([" +
                                                   std::to_string(i) + "]).sum())}\n"));
-            return res ? std::make_pair(res->status, res->body) : std::make_pair(0, httplib::to_string(res.error()));
+            return res ? std::make_pair(res->status, res->body) : std::make_pair(0, res.error());
         }));
     }
     for (int i = 0; i < k_requests; ++i) {
@@ -894,7 +588,7 @@ TEST_F(ServerTest, GracefulStopLetsARunInFlightFinish) {
     Raw late(bound);
     EXPECT_FALSE(late.connected()) << "the listening socket must close at once";
     const auto res = in_flight.get();
-    ASSERT_TRUE(res) << httplib::to_string(res.error());
+    ASSERT_TRUE(res) << res.error();
     EXPECT_EQ(res->status, 200);
     EXPECT_EQ(res->body, R"({"result": {"slept": true}, "stdout": ""})");
     stopping.get();
@@ -918,8 +612,9 @@ TEST_F(ServerTest, GracefulStopKillsRunsThatOutlastTheGrace) {
     m_server->stop(500ms);
     EXPECT_LT(Clock::now() - started, 5s);
     const auto res = in_flight.get();
-    ASSERT_TRUE(res) << httplib::to_string(res.error());
+    ASSERT_TRUE(res) << res.error();
     EXPECT_EQ(res->status, 503);
+    EXPECT_EQ(res->get_header_value("Retry-After"), "1");
     EXPECT_EQ(res->body, error_json("The server shut down before the run finished; retry on another instance",
                                     "unavailable"));
     EXPECT_EQ(m_server->killed_runs(), 1u);
@@ -1011,20 +706,18 @@ TEST(ServerBinary, SigtermFinishesTheRunInFlightAndExitsZero) {
     const int port = server.port(30s);
     ASSERT_GT(port, 0) << server.log();
 
-    httplib::Client c("127.0.0.1", port);
-    c.set_read_timeout(30s);
+    Client c(port);
     const auto readme = c.Post("/execute", k_hello_body, "application/json");
     ASSERT_TRUE(readme);
     EXPECT_EQ(readme->body, k_hello_envelope);
     auto in_flight = std::async(std::launch::async, [port] {
-        httplib::Client slow("127.0.0.1", port);
-        slow.set_read_timeout(30s);
+        Client slow(port);
         return slow.Post("/execute", execute_body(sleeper(1.0)), "application/json");
     });
     std::this_thread::sleep_for(400ms);
     ASSERT_EQ(kill(server.pid(), SIGTERM), 0);
     const auto res = in_flight.get();
-    ASSERT_TRUE(res) << httplib::to_string(res.error());
+    ASSERT_TRUE(res) << res.error();
     EXPECT_EQ(res->status, 200);
     EXPECT_EQ(res->body, R"({"result": {"slept": true}, "stdout": ""})");
     const int status = server.wait();

@@ -297,3 +297,113 @@ TEST(AccessLog, IsOneJsonLineWithoutClientBytes) {
 
 }  // namespace
 }  // namespace safepy
+
+namespace safepy {
+namespace {
+
+// The state after feeding `head` whole, and again one byte at a time.
+RequestHeadScanner::State scanned(std::string_view head, RequestHeadScanner* out = nullptr,
+                                  RequestHeadLimits limits = {}) {
+    RequestHeadScanner whole(limits);
+    const auto state = whole.scan(head);
+    RequestHeadScanner drip(limits);
+    auto dripped = RequestHeadScanner::State::need_more;
+    for (std::size_t n = 1; n <= head.size() && dripped == RequestHeadScanner::State::need_more; ++n) {
+        dripped = drip.scan(head.substr(0, n));
+    }
+    EXPECT_EQ(dripped, state) << head.substr(0, 100);
+    if (out) {
+        *out = whole;
+    }
+    return state;
+}
+
+TEST(RequestHead, AcceptsStrictHeadsAndSaysWhereTheyEnd) {
+    using State = RequestHeadScanner::State;
+    RequestHeadScanner scanner;
+    const std::string head = "POST /execute?details=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nX-E: a\tb \xc3\xa9\r\n\r\n";
+    EXPECT_EQ(scanned(head + "{}", &scanner), State::complete);
+    EXPECT_EQ(scanner.head_bytes(), head.size());
+    EXPECT_EQ(scanned("GET / HTTP/1.0\r\n\r\n"), State::complete);
+    EXPECT_EQ(scanned("GET / HTTP/1.1\r\nHost: x\r\n"), State::need_more);
+}
+
+TEST(RequestHead, RefusesLaxHeads) {
+    using State = RequestHeadScanner::State;
+    for (const std::string& head : std::vector<std::string>{
+             "GET / HTTP/1.1\nHost: x\r\n\r\n",
+             "GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\n 2\r\n\r\n",
+             "GET / HTTP/1.1\r\nHost: x\r\nA 1\r\n\r\n",
+             "GET / HTTP/1.1\r\nHost: x\r\nA : 1\r\n\r\n",
+             "GET / HTTP/1.1\r\nHost: x\r\nA: 1\r2\r\n\r\n",
+             std::string("GET / HTTP/1.1\r\nHost: x\r\nA: \0\r\n\r\n", 33),
+             "GET / HTTP/1.1\r\nHost: x\r\nA: \x7f\r\n\r\n",
+             "GET / HTTP/1.1\r\n\r\n",
+             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+             "BREW / HTTP/1.1\r\nHost: x\r\n\r\n",
+             "GET / HTTP/1.2\r\nHost: x\r\n\r\n",
+             "GET  / HTTP/1.1\r\nHost: x\r\n\r\n",
+             "\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+         }) {
+        RequestHeadScanner scanner;
+        EXPECT_EQ(scanned(head, &scanner), State::refused) << head;
+        EXPECT_EQ(scanner.error().http_status, 400) << head;
+        EXPECT_EQ(scanner.error().message, "Malformed HTTP request");
+        EXPECT_FALSE(scanner.detail().empty());
+    }
+}
+
+TEST(RequestHead, LimitsTheTargetTheHeadAndTheFieldCount) {
+    using State = RequestHeadScanner::State;
+    RequestHeadLimits limits;
+    limits.head_bytes = 4096;
+    limits.target_bytes = 100;
+    limits.fields = 3;
+    RequestHeadScanner scanner;
+    // A long request line is refused before its end arrives.
+    EXPECT_EQ(scanned("GET /" + std::string(200, 'a'), &scanner, limits), State::refused);
+    EXPECT_EQ(scanner.error().http_status, 414);
+    EXPECT_EQ(scanned("GET /" + std::string(100, 'a') + " HTTP/1.1\r\n", &scanner, limits), State::refused);
+    EXPECT_EQ(scanner.error().http_status, 414);
+    EXPECT_EQ(scanned("GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", &scanner, limits), State::refused);
+    EXPECT_EQ(scanner.error().http_status, 400);
+    EXPECT_EQ(scanned("GET / HTTP/1.1\r\nHost: x\r\nA: " + std::string(5000, 'a'), &scanner, limits), State::refused);
+    EXPECT_EQ(scanner.error().http_status, 400);
+}
+
+TEST(RequestTarget, OriginAndAbsoluteForms) {
+    const auto origin = parse_request_target("/execute?details=1&x");
+    ASSERT_TRUE(origin);
+    EXPECT_EQ(origin->path, "/execute");
+    EXPECT_EQ(origin->query, "details=1&x");
+    const auto absolute = parse_request_target("HTTP://example.com:8080/readyz");
+    ASSERT_TRUE(absolute);
+    EXPECT_EQ(absolute->path, "/readyz");
+    EXPECT_EQ(parse_request_target("http://example.com")->path, "/");
+    EXPECT_FALSE(parse_request_target("*"));
+    EXPECT_FALSE(parse_request_target("execute"));
+    EXPECT_FALSE(parse_request_target("http:///execute"));
+    EXPECT_FALSE(parse_request_target("ftp://x/execute"));
+    EXPECT_EQ(query_parameter("a=1&details=true&b", "details"), "true");
+    EXPECT_EQ(query_parameter("xdetails=1", "details"), "");
+    EXPECT_EQ(query_parameter("", "details"), "");
+}
+
+TEST(RefusalThrottle, OneFullLinePerSecondAndASummaryWithCounts) {
+    RefusalThrottle throttle;
+    const auto t0 = RefusalThrottle::Clock::now();
+    EXPECT_TRUE(throttle.admit("connection_refused", t0));
+    EXPECT_FALSE(throttle.admit("connection_refused", t0 + std::chrono::milliseconds(10)));
+    EXPECT_FALSE(throttle.admit("malformed", t0 + std::chrono::milliseconds(20)));
+    EXPECT_FALSE(throttle.admit("malformed", t0 + std::chrono::milliseconds(999)));
+    const auto line = throttle.summary();
+    ASSERT_TRUE(line);
+    EXPECT_NE(line->find(R"("event":"refusals_suppressed","count":3,"outcomes":{"connection_refused":1,"malformed":2})"),
+              std::string::npos)
+        << *line;
+    EXPECT_FALSE(throttle.summary());
+    EXPECT_TRUE(throttle.admit("malformed", t0 + std::chrono::milliseconds(1000)));
+}
+
+}  // namespace
+}  // namespace safepy

@@ -163,3 +163,25 @@ TEST(HostMaxima, TheHostIsRead) {
 
 }  // namespace
 }  // namespace safepy
+
+#include "safepy/options.hpp"
+
+namespace safepy {
+namespace {
+
+TEST(TypedLimits, ParseQuantitiesAndNameTheFlag) {
+    Limits limits;
+    EXPECT_EQ(apply_typed_limits({{"memory_bytes", "64M"}, {"wall_ms", "2000"}}, "--", limits, default_maxima()),
+              std::nullopt);
+    EXPECT_EQ(limits.memory_bytes, 64u << 20);
+    EXPECT_EQ(limits.wall, std::chrono::milliseconds(2000));
+    EXPECT_EQ(apply_typed_limits({{"wall_ms", "soon"}}, "--max-", limits, default_maxima()),
+              "--max-wall-ms: not a number: soon");
+    const auto error = apply_typed_limits({{"wall_ms", "999999999"}}, "--", limits, default_maxima());
+    ASSERT_TRUE(error);
+    EXPECT_EQ(error->rfind("--wall-ms: ", 0), 0u) << *error;
+    EXPECT_EQ(limit_flag("stdout_bytes"), "stdout-bytes");
+}
+
+}  // namespace
+}  // namespace safepy

@@ -10,7 +10,7 @@
 #include <deque>
 #include <mutex>
 
-namespace safepy::server {
+namespace safepy {
 
 class Admission {
 public:
@@ -60,4 +60,4 @@ private:
     bool m_draining = false;
 };
 
-}  // namespace safepy::server
+}  // namespace safepy

@@ -1,8 +1,10 @@
-#include "metrics.hpp"
+#include "safepy/metrics.hpp"
 
 #include <cstdio>
 
-namespace safepy::server {
+#include <unistd.h>
+
+namespace safepy {
 namespace {
 
 constexpr std::array k_statuses = {Status::ok,          Status::invalid_request, Status::invalid_script,
@@ -140,4 +142,4 @@ std::string Metrics::render(const Gauges& gauges) const {
     return out;
 }
 
-}  // namespace safepy::server
+}  // namespace safepy

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-namespace safepy::server {
+namespace safepy {
 
 // A cumulative histogram with fixed upper bounds, in seconds.
 class Histogram {
@@ -76,4 +76,4 @@ private:
     Histogram m_queue_wait;
 };
 
-}  // namespace safepy::server
+}  // namespace safepy

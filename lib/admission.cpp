@@ -1,8 +1,8 @@
-#include "admission.hpp"
+#include "safepy/admission.hpp"
 
 #include <algorithm>
 
-namespace safepy::server {
+namespace safepy {
 
 Admission::Admission(std::size_t slots, std::size_t queue_length, std::chrono::milliseconds max_wait)
     : m_slots(std::max<std::size_t>(slots, 1)), m_queue_length(queue_length), m_max_wait(max_wait) {}
@@ -82,4 +82,4 @@ std::size_t Admission::waiting() const {
     return m_line.size();
 }
 
-}  // namespace safepy::server
+}  // namespace safepy
