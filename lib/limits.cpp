@@ -91,7 +91,8 @@ Limits default_maxima() {
 std::uint64_t memory_reserve_bytes(std::size_t concurrency, bool warm) {
     // The server's own memory and output buffers; a warm template holds
     // Python with numpy and pandas imported (about 100 MiB resident).
-    return (256ull << 20) + (warm ? static_cast<std::uint64_t>(concurrency) * (160ull << 20) : 0);
+    // Concurrency is at most a few thousand (the server's option), so this cannot overflow.
+    return (256ull << 20) + (warm ? static_cast<std::uint64_t>(std::min<std::size_t>(concurrency, 1u << 20)) * (160ull << 20) : 0);
 }
 
 Limits host_maxima(const Limits& ceiling, const HostResources& host, std::size_t concurrency, bool warm) {
@@ -110,7 +111,13 @@ Limits host_maxima(const Limits& ceiling, const HostResources& host, std::size_t
 std::optional<std::string> check_fits(const Limits& maxima, const HostResources& host, std::size_t concurrency,
                                       bool warm) {
     const std::uint64_t reserve = memory_reserve_bytes(concurrency, warm);
-    const std::uint64_t needed = static_cast<std::uint64_t>(concurrency) * maxima.memory_bytes + reserve;
+    std::uint64_t runs = 0, needed = 0;
+    const bool overflow = __builtin_mul_overflow(static_cast<std::uint64_t>(concurrency), maxima.memory_bytes, &runs) ||
+                          __builtin_add_overflow(runs, reserve, &needed);
+    if (overflow) {
+        return std::to_string(concurrency) + " concurrent runs of up to " + std::to_string(maxima.memory_bytes) +
+               " bytes each cannot be counted, let alone fit: lower the memory_bytes maximum or the concurrency";
+    }
     if (needed > host.memory_bytes) {
         return std::to_string(concurrency) + " concurrent runs of up to " + std::to_string(maxima.memory_bytes) +
                " bytes each, plus " + std::to_string(reserve) + " bytes for safepy itself, need " +

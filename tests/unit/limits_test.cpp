@@ -139,6 +139,11 @@ TEST(HostMaxima, MaximaThatCannotAllFitAreRefused) {
     ASSERT_NE(error, std::nullopt);
     EXPECT_NE(error->find("2 concurrent runs"), std::string::npos) << *error;
     EXPECT_NE(error->find("test"), std::string::npos) << *error;  // where the figure came from
+    // A product that wraps around is refused, never taken as small.
+    Limits huge = default_maxima();
+    huge.memory_bytes = 1ull << 62;
+    huge.cpu_cores = 1;
+    EXPECT_NE(check_fits(huge, small_host(), 8, false), std::nullopt);
     maxima = host_maxima(default_maxima(), small_host(), 2, true);
     maxima.cpu_cores = 3;
     EXPECT_NE(check_fits(maxima, small_host(), 2, true), std::nullopt);
