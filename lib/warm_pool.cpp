@@ -8,6 +8,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 
 namespace safepy {
 namespace {
@@ -36,6 +37,9 @@ struct Template {
     std::deque<std::unique_ptr<Slot>> ready;
     bool up = false;
     bool busy = false;  // a run holds this template's uid
+    // A run on it ended without its exit report: what is left of it may still
+    // hold the uid, so the template is replaced before it serves again.
+    bool condemned = false;
     std::string last_error = "the warm template is starting";
 };
 
@@ -90,7 +94,12 @@ struct WarmPool::Impl {
             set_error(t, "warm mode: no sandbox uid for this template");
             return false;
         }
-        if (!t.process.alive()) {
+        bool condemned = false;
+        {
+            std::lock_guard lock(mutex);
+            condemned = std::exchange(t.condemned, false);
+        }
+        if (condemned || !t.process.alive()) {
             stop_template(t);
             std::string error;
             if (!start_template(t, error)) {
@@ -209,10 +218,14 @@ struct WarmPool::Impl {
     }
 
     // The run on `t` is over: its slot goes to the manager for clean-up.
-    void release(Template& t, std::unique_ptr<Slot> slot) {
+    void release(Template& t, std::unique_ptr<Slot> slot, bool lost = false) {
         std::lock_guard lock(mutex);
         if (slot) {
             retired.push_back(std::move(slot));
+        }
+        if (lost) {
+            t.condemned = true;
+            t.up = false;  // no run takes it until the manager has replaced it
         }
         t.busy = false;
         changed.notify_all();
@@ -274,9 +287,10 @@ WarmRun WarmPool::run(const Request& request, int cancel_fd) {
     std::unique_ptr<Slot> slot;
     Template* owner = nullptr;
     // Whatever happens below, the template is free again when this returns.
-    auto give_back = [this, &owner, &slot] {
+    bool lost = false;
+    auto give_back = [this, &owner, &slot, &lost] {
         if (owner) {
-            m_impl->release(*owner, std::move(slot));
+            m_impl->release(*owner, std::move(slot), lost);
             owner = nullptr;
         }
     };
@@ -323,6 +337,7 @@ WarmRun WarmPool::run(const Request& request, int cancel_fd) {
     channels.started = started;
     const RunCgroup* cgroup = slot->cgroup.get();
     run.spawned = supervise(child, std::move(channels), request.limits, cancel_fd);
+    lost = !run.spawned.spawn_error.empty();
     if (cgroup) {
         run.usage = cgroup->usage();
     }
