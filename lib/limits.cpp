@@ -98,7 +98,9 @@ std::uint64_t memory_reserve_bytes(std::size_t concurrency, bool warm) {
 Limits host_maxima(const Limits& ceiling, const HostResources& host, std::size_t concurrency, bool warm) {
     Limits maxima = ceiling;
     const std::uint64_t reserve = memory_reserve_bytes(concurrency, warm);
-    const std::uint64_t usable = host.memory_bytes > reserve ? host.memory_bytes - reserve : 0;
+    // 15/16 of what is left: MemAvailable moves between reads, and maxima
+    // sized from one read must still fit at the next (check_fits).
+    const std::uint64_t usable = host.memory_bytes > reserve ? (host.memory_bytes - reserve) / 16 * 15 : 0;
     const std::uint64_t share = usable / std::max<std::size_t>(concurrency, 1);
     // Never below the smallest memory limit a run can start with.
     const std::uint64_t memory = std::max<std::uint64_t>(std::min(ceiling.memory_bytes, share), 16u << 20);

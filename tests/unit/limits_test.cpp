@@ -118,7 +118,7 @@ HostResources small_host() {
 TEST(HostMaxima, AnEvenShareOfMemoryAfterTheReserve) {
     const Limits maxima = host_maxima(default_maxima(), small_host(), 2, true);
     const std::uint64_t reserve = memory_reserve_bytes(2, true);
-    EXPECT_EQ(maxima.memory_bytes, ((2ull << 30) - reserve) / 2);
+    EXPECT_EQ(maxima.memory_bytes, ((2ull << 30) - reserve) / 16 * 15 / 2);
     EXPECT_EQ(maxima.tmp_bytes, maxima.memory_bytes);  // /tmp is memory
     EXPECT_EQ(maxima.cpu_cores, 2u);
     EXPECT_EQ(maxima.wall, default_maxima().wall);
