@@ -272,19 +272,6 @@ bool JailProcess::reap(int& status, rusage& usage) {
     return reaped;
 }
 
-std::optional<std::uint64_t> JailProcess::cpu_microseconds() const {
-    if (!m_cgroup) {
-        return std::nullopt;
-    }
-    return m_cgroup->cpu_microseconds();
-}
-
-void JailProcess::kill_all() {
-    if (m_cgroup) {
-        m_cgroup->kill_all();
-    }
-}
-
 bool pidfd_supported() {
     Fd self(static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0)));
     return static_cast<bool>(self);

@@ -44,12 +44,9 @@ public:
 
     void kill() override;
     bool reap(int& status, rusage& usage) override;
-    std::optional<std::uint64_t> cpu_microseconds() const override;
-    void kill_all() override;
 
 private:
     pid_t m_pid = -1;
-    const RunCgroup* m_cgroup = nullptr;
 };
 
 // A started jail: its process and the descriptors to supervise it with.

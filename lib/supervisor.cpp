@@ -1,5 +1,7 @@
 #include "supervisor.hpp"
 
+#include "cgroup.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cerrno>
@@ -11,6 +13,19 @@
 #include <unistd.h>
 
 namespace safepy {
+
+std::optional<std::uint64_t> RunProcess::cpu_microseconds() const {
+    if (!m_cgroup) {
+        return std::nullopt;
+    }
+    return m_cgroup->cpu_microseconds();
+}
+
+void RunProcess::kill_all() {
+    if (m_cgroup) {
+        m_cgroup->kill_all();
+    }
+}
 namespace {
 
 using Clock = std::chrono::steady_clock;

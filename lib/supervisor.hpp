@@ -19,6 +19,8 @@
 
 namespace safepy {
 
+class RunCgroup;
+
 // Bytes of the result channel beyond the result itself: the runner's "S"
 // marker and its record header, or an error record's message.
 inline constexpr std::uint64_t k_channel_overhead = 64 * 1024;
@@ -47,8 +49,11 @@ public:
     // After exit: the raw wait status, CPU time and peak RSS; false if unknown.
     virtual bool reap(int& status, rusage& usage) = 0;
     // CPU time of every process of the run so far, when accounted (a cgroup).
-    virtual std::optional<std::uint64_t> cpu_microseconds() const = 0;
-    virtual void kill_all() = 0;  // every process of the run; nothing without a cgroup
+    virtual std::optional<std::uint64_t> cpu_microseconds() const;
+    virtual void kill_all();  // every process of the run; nothing without a cgroup
+
+protected:
+    const RunCgroup* m_cgroup = nullptr;  // the run's cgroup, not owned; may be absent
 };
 
 // The descriptors a supervisor owns for one run.

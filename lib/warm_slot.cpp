@@ -220,17 +220,4 @@ bool WarmChild::reap(int& status, rusage& usage) {
     return true;
 }
 
-std::optional<std::uint64_t> WarmChild::cpu_microseconds() const {
-    if (!m_cgroup) {
-        return std::nullopt;
-    }
-    return m_cgroup->cpu_microseconds();
-}
-
-void WarmChild::kill_all() {
-    if (m_cgroup) {
-        m_cgroup->kill_all();
-    }
-}
-
 }  // namespace safepy

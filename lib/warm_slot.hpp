@@ -42,17 +42,14 @@ bool start_run(Slot& slot, const Request& request, bool rlimit_memory, SlotPipes
 // code), reports how it ended on the slot socket.
 class WarmChild final : public RunProcess {
 public:
-    WarmChild(int pidfd, int socket, const RunCgroup* cgroup) : m_pidfd(pidfd), m_socket(socket), m_cgroup(cgroup) {}
+    WarmChild(int pidfd, int socket, const RunCgroup* cgroup) : m_pidfd(pidfd), m_socket(socket) { m_cgroup = cgroup; }
 
     void kill() override;
     bool reap(int& status, rusage& usage) override;
-    std::optional<std::uint64_t> cpu_microseconds() const override;
-    void kill_all() override;
 
 private:
     int m_pidfd;  // owned by the run's channels
     int m_socket;
-    const RunCgroup* m_cgroup;
 };
 
 // The RUN message for a request (template_protocol.hpp).
