@@ -484,6 +484,96 @@ std::vector<int> process_tree(int root) {
     return tree;
 }
 
+// CPU time in clock ticks of one process and the children it has reaped
+// (utime, stime, cutime, cstime of /proc/PID/stat); empty when it is gone.
+std::optional<std::uint64_t> process_cpu_ticks(int pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string text;
+    std::getline(stat, text);
+    const auto close = text.rfind(')');
+    if (close == std::string::npos) {
+        return std::nullopt;
+    }
+    std::istringstream fields(text.substr(close + 2));
+    std::vector<std::string> values{std::istream_iterator<std::string>(fields), std::istream_iterator<std::string>()};
+    // After the command: state is field 3, utime 14 .. cstime 17.
+    if (values.size() < 15) {
+        return std::nullopt;
+    }
+    std::uint64_t ticks = 0;
+    for (std::size_t field = 14; field <= 17; ++field) {
+        ticks += std::stoull(values[field - 3]);
+    }
+    return ticks;
+}
+
+// All CPU a process tree has used so far: every live process's own time plus
+// what it has reaped, so runs that ended count through their reaper.
+std::uint64_t tree_cpu_ticks(int root) {
+    std::uint64_t ticks = 0;
+    for (const int pid : process_tree(root)) {
+        ticks += process_cpu_ticks(pid).value_or(0);
+    }
+    return ticks;
+}
+
+// Busy CPU time of the whole machine in clock ticks (/proc/stat: all but
+// idle and iowait), which also counts the kernel's deferred work (namespace
+// and cgroup teardown) that no process is charged for.
+std::uint64_t host_busy_ticks() {
+    std::ifstream stat("/proc/stat");
+    std::string cpu;
+    std::uint64_t user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+    stat >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
+    return user + nice + system + irq + softirq;
+}
+
+// CPU used between construction and stop(): the server's process tree (when
+// a pid is given), the whole host less this load generator, and this load
+// generator with the processes it spawned (the bare-Python target).
+class CpuMeter {
+public:
+    struct Spent {
+        std::optional<double> tree_ms;
+        double host_ms = 0;        // host busy time less this process's own
+        double self_ms = 0;        // this process's threads only
+        double children_ms = 0;    // processes this one spawned and reaped
+    };
+
+    explicit CpuMeter(int server_pid) : m_server_pid(server_pid) {
+        m_tree_start = m_server_pid > 0 ? tree_cpu_ticks(m_server_pid) : 0;
+        m_host_start = host_busy_ticks();
+        m_self_start = usage_ms(RUSAGE_SELF);
+        m_children_start = usage_ms(RUSAGE_CHILDREN);
+    }
+
+    Spent stop() const {
+        const double tick_ms = 1e3 / static_cast<double>(sysconf(_SC_CLK_TCK));
+        Spent spent;
+        if (m_server_pid > 0) {
+            spent.tree_ms = static_cast<double>(tree_cpu_ticks(m_server_pid) - m_tree_start) * tick_ms;
+        }
+        spent.self_ms = usage_ms(RUSAGE_SELF) - m_self_start;
+        spent.children_ms = usage_ms(RUSAGE_CHILDREN) - m_children_start;
+        spent.host_ms = static_cast<double>(host_busy_ticks() - m_host_start) * tick_ms - spent.self_ms;
+        return spent;
+    }
+
+private:
+    static double usage_ms(int who) {
+        rusage usage{};
+        getrusage(who, &usage);
+        return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e3 +
+               static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e3;
+    }
+
+    int m_server_pid;
+    std::uint64_t m_tree_start = 0;
+    std::uint64_t m_host_start = 0;
+    double m_self_start = 0;
+    double m_children_start = 0;
+};
+
 // Samples a process's VmRSS, and its tree's PSS, until stopped; VmHWM is read at the end.
 class RssSampler {
 public:
@@ -552,6 +642,7 @@ struct Report {
     double requests_per_s = 0;
     double p50_ms = 0, p90_ms = 0, p99_ms = 0, max_ms = 0, mean_ms = 0;
     std::optional<RssSample> rss;
+    CpuMeter::Spent cpu;              // over the measured requests, warmup excluded
     std::size_t idle_open = 0;        // idle connections still open at the end
     std::int64_t idle_reopened = 0;   // idle connections the server closed during the run
 };
@@ -617,6 +708,7 @@ Report run_load(const Options& options, const std::optional<json::value>& expect
         });
     }
     warmed.wait();
+    const CpuMeter cpu(options.server_pid);
     const auto start = Clock::now();
     if (options.duration_s > 0) {
         deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.duration_s));
@@ -628,6 +720,7 @@ Report run_load(const Options& options, const std::optional<json::value>& expect
     const std::chrono::duration<double> elapsed = Clock::now() - start;
 
     Report report;
+    report.cpu = cpu.stop();
     std::vector<double> latencies;
     for (auto& worker : stats) {
         latencies.insert(latencies.end(), worker.latencies_ms.begin(), worker.latencies_ms.end());
@@ -683,6 +776,15 @@ void print_report(const Options& options, const std::string& target, const Repor
         std::printf("  server tree peak PSS %.1f MiB, at most %zu processes (server, jails, scripts)\n",
                     mib(report.rss->peak_tree_pss_bytes), report.rss->peak_tree_processes);
     }
+    const double per = report.ok > 0 ? 1.0 / static_cast<double>(report.ok) : 0;
+    std::printf("  CPU ms/req  host %.2f (all CPUs busy, less this generator)", report.cpu.host_ms * per);
+    if (report.cpu.tree_ms) {
+        std::printf("  server tree %.2f", *report.cpu.tree_ms * per);
+    }
+    if (report.cpu.children_ms > 0) {
+        std::printf("  spawned processes %.2f", report.cpu.children_ms * per);
+    }
+    std::printf("  generator %.2f\n", report.cpu.self_ms * per);
     for (const auto& [kind, count] : report.error_kinds) {
         std::printf("  error       %s: %lld\n", kind.c_str(), static_cast<long long>(count));
     }
@@ -716,6 +818,10 @@ json::object report_json(const Options& options, const std::string& target, cons
          {{"p50", report.p50_ms}, {"p90", report.p90_ms}, {"p99", report.p99_ms}, {"max", report.max_ms},
           {"mean", report.mean_ms}}},
     };
+    out["cpu_ms"] = {{"host", report.cpu.host_ms},
+                     {"server_tree", report.cpu.tree_ms ? json::value(*report.cpu.tree_ms) : json::value(nullptr)},
+                     {"spawned", report.cpu.children_ms},
+                     {"generator", report.cpu.self_ms}};
     out["first_error"] = report.first_error ? json::value(report.first_error->kind + ": " + report.first_error->message)
                                             : json::value(nullptr);
     if (report.rss) {
@@ -795,7 +901,7 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--expect", options.expect, "the JSON value every result must equal");
     app.add_option("--json", options.json_path, "also write the report as JSON to this file");
-    app.add_option("--server-pid", options.server_pid, "sample this process's RSS, and its process tree's PSS, from /proc during the run")
+    app.add_option("--server-pid", options.server_pid, "sample this process's RSS, its process tree's PSS, and the tree's CPU time, from /proc during the run")
         ->check(CLI::PositiveNumber);
     app.add_option("--timeout", options.timeout_s, "seconds before one request counts as failed")
         ->check(CLI::PositiveNumber)
