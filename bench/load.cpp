@@ -551,7 +551,12 @@ public:
         const double tick_ms = 1e3 / static_cast<double>(sysconf(_SC_CLK_TCK));
         Spent spent;
         if (m_server_pid > 0) {
-            spent.tree_ms = static_cast<double>(tree_cpu_ticks(m_server_pid) - m_tree_start) * tick_ms;
+            // Less than at the start: a process left the tree unreaped by it
+            // (or was replaced), and its time with it: no figure then.
+            const std::uint64_t end = tree_cpu_ticks(m_server_pid);
+            if (end >= m_tree_start) {
+                spent.tree_ms = static_cast<double>(end - m_tree_start) * tick_ms;
+            }
         }
         spent.self_ms = usage_ms(RUSAGE_SELF) - m_self_start;
         spent.children_ms = usage_ms(RUSAGE_CHILDREN) - m_children_start;
@@ -780,6 +785,8 @@ void print_report(const Options& options, const std::string& target, const Repor
     std::printf("  CPU ms/req  host %.2f (all CPUs busy, less this generator)", report.cpu.host_ms * per);
     if (report.cpu.tree_ms) {
         std::printf("  server tree %.2f", *report.cpu.tree_ms * per);
+    } else if (options.server_pid > 0) {
+        std::printf("  server tree lost (a process left the tree)");
     }
     if (report.cpu.children_ms > 0) {
         std::printf("  spawned processes %.2f", report.cpu.children_ms * per);

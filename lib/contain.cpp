@@ -81,6 +81,24 @@ bool write_file(const char* path, const char* text) {
     return written;
 }
 
+Failure fresh_pid_namespace(const Plan&) {
+    // unshare(CLONE_NEWPID) only sets the namespace of the caller's next
+    // children, and only once while that differs from the caller's own: go
+    // back to its own first, so the template can do this before every fork.
+    const int own = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
+    if (own < 0) {
+        return fail("open /proc/self/ns/pid");
+    }
+    const int entered = setns(own, CLONE_NEWPID);
+    const int saved = errno;
+    retry_close(own);
+    errno = saved;
+    if (entered != 0) {
+        return fail("setns(own PID namespace)");
+    }
+    return unshare(CLONE_NEWPID) == 0 ? Failure{} : fail("unshare(CLONE_NEWPID)");
+}
+
 Failure unshare_namespaces(const Plan& plan) {
     return unshare(static_cast<int>(plan.namespaces)) == 0 ? Failure{} : fail("unshare namespaces");
 }
@@ -196,7 +214,8 @@ struct StepInfo {
 
 // The whole containment of a warm child, in order.
 constexpr StepInfo k_steps[] = {
-    {StepKind::unshare_namespaces, "unshare namespaces", SAFEPY_STAGE_REAPER, unshare_namespaces},
+    {StepKind::fresh_pid_namespace, "PID namespace", SAFEPY_STAGE_FORK, fresh_pid_namespace},
+    {StepKind::unshare_namespaces, "unshare namespaces", SAFEPY_STAGE_PREPARE, unshare_namespaces},
     {StepKind::make_mounts_private, "make mounts private", SAFEPY_STAGE_PREPARE, make_mounts_private},
     {StepKind::mount_proc, "mount /proc", SAFEPY_STAGE_PREPARE, mount_proc},
     {StepKind::arrange_descriptors, "arrange descriptors", SAFEPY_STAGE_RUN, arrange_descriptors},
@@ -243,7 +262,7 @@ bool make_plan(const safepy_contain_request& request, uint32_t uid, uint32_t gid
         why = "the request's size does not match this library's";
         return false;
     }
-    if (request.stage < SAFEPY_STAGE_REAPER || request.stage > SAFEPY_STAGE_RUN) {
+    if (request.stage < SAFEPY_STAGE_FORK || request.stage > SAFEPY_STAGE_RUN) {
         why = "unknown stage";
         return false;
     }
@@ -252,7 +271,7 @@ bool make_plan(const safepy_contain_request& request, uint32_t uid, uint32_t gid
             plan.steps[plan.count++] = Step{info.kind, info.name, info.stage};
         }
     }
-    plan.namespaces = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
+    plan.namespaces = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
     if (request.stage != SAFEPY_STAGE_RUN) {
         return true;
     }

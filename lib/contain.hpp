@@ -16,7 +16,7 @@
 extern "C" {
 
 // Stages of a warm child's containment, in the order they happen.
-#define SAFEPY_STAGE_REAPER 1u   /* the reaper, before it forks the child */
+#define SAFEPY_STAGE_FORK 1u     /* the template, before it forks a child: a fresh PID namespace for it */
 #define SAFEPY_STAGE_PREPARE 2u  /* the child, before it reports ready */
 #define SAFEPY_STAGE_RUN 3u      /* the child, once its run has arrived: last before user code */
 
@@ -38,7 +38,8 @@ __attribute__((visibility("default"))) int safepy_contain(const struct safepy_co
 namespace safepy::contain {
 
 enum class StepKind {
-    unshare_namespaces,  // mount, PID, network, IPC, UTS
+    fresh_pid_namespace,  // the template's next child is pid 1 of a new PID namespace
+    unshare_namespaces,   // the child: mount, network, IPC, UTS
     make_mounts_private,
     mount_proc,
     arrange_descriptors,  // stdin /dev/null, then stdout, stderr, result, script; nothing else open

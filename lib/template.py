@@ -3,8 +3,8 @@
 # (CONTROL_FD is 3, PAYLOAD_FD 4: the descriptors a run uses for result and script;
 # the payload is libsafepy_contain.so and the children's seccomp filter)
 # It imports the heavy modules once, then forks a prepared child for each slot
-# the host asks for. It never runs user code: only its children do, each in
-# fresh mount, PID, network, IPC, UTS and user namespaces, with a fresh /tmp,
+# the host asks for, and reaps it. It never runs user code: only its children
+# do, each in fresh mount, PID, network, IPC, UTS and user namespaces, with a fresh /tmp,
 # its own limits and the seccomp allow-list, and without any descriptor that
 # leads back here. Those steps are lib/contain.cpp, loaded here once as
 # libsafepy_contain.so and called by each child: nothing of the containment is
@@ -14,12 +14,14 @@
 # mirrored below. Host -> template on CONTROL_FD: SPAWN with one descriptor,
 # the child's slot socket. On the slot socket: child -> host READY (the host
 # learns the child's pid from its credentials); host -> child RUN (the run's
-# limits) with descriptors stdout, stderr, result, script; reaper -> host EXIT
-# (wait status, CPU time, peak RSS) when the child has ended.
+# limits) with descriptors stdout, stderr, result, script; template -> host EXIT
+# (wait status, CPU time, peak RSS) when it has reaped the child.
 
 
 def _safepy_template():
     import ctypes
+    import gc
+    import select
     import signal
     import socket
     import struct
@@ -54,7 +56,7 @@ def _safepy_template():
                     ("stdout_fd", ctypes.c_int32), ("stderr_fd", ctypes.c_int32), ("result_fd", ctypes.c_int32),
                     ("script_fd", ctypes.c_int32), ("bpf", ctypes.c_void_p), ("bpf_bytes", ctypes.c_uint64)]
 
-    STAGE_REAPER, STAGE_PREPARE, STAGE_RUN = 1, 2, 3
+    STAGE_FORK, STAGE_PREPARE, STAGE_RUN = 1, 2, 3
     MODE_CHECK = 1
 
     control_fd = int(sys.argv[2])
@@ -103,20 +105,32 @@ def _safepy_template():
         __import__(name)
 
     control = socket.socket(fileno=control_fd)
+    # The children this template forked, by pidfd: their pid and slot socket,
+    # on which the exit report goes once the child has been reaped. Exits are
+    # seen on pidfds, not SIGCHLD, which numpy's BLAS threads may take.
+    children = {}
+    poller = select.poll()
+    poller.register(control_fd, select.POLLIN)
 
-    def reap_reapers(*_):
-        # Reaped by wait rather than by SIG_IGN, so that the reapers' CPU
-        # time (and their runs') adds up in this process's, for accounting.
+    def reap_child(pidfd):
+        pid, slot = children.pop(pidfd)
+        poller.unregister(pidfd)
+        os.close(pidfd)
+        _, status, usage = os.wait4(pid, 0)
+        cpu_ms = int((usage.ru_utime + usage.ru_stime) * 1000)
         try:
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
-        except ChildProcessError:
-            pass
+            slot.send(bytes(ExitMessage(MAGIC, EXIT, status, 0, cpu_ms, usage.ru_maxrss)))
+        except OSError:
+            pass  # the host gave up on this slot
+        slot.close()
 
-    signal.signal(signal.SIGCHLD, reap_reapers)
+    # The heavy modules' objects stay put from now on: no collection in a
+    # child walks (and so copies) the pages it shares with this template.
+    gc.collect()
+    gc.freeze()
 
     def run_child(slot):
-        # Pid 1 of a fresh PID namespace, in fresh mount/net/IPC/UTS ones.
+        # Pid 1 of a fresh PID namespace: the rest of its namespaces next.
         contain(STAGE_PREPARE)
         credentials = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
         slot.sendmsg([bytes(Message(MAGIC, READY))], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials)])
@@ -138,13 +152,16 @@ def _safepy_template():
         sys.argv = ["-c", "check" if limits.mode == MODE_CHECK else "run", "3", "4"]
         _safepy_main()
 
-    def run_reaper(slot_fd):
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        control.close()
-        slot = socket.socket(fileno=slot_fd)
-        contain(STAGE_REAPER)
-        child = os.fork()
-        if child == 0:
+    def start_child(slot):
+        contain(STAGE_FORK)
+        pid = os.fork()
+        if pid == 0:
+            # Only its own slot: not the control socket, not another child's
+            # slot or pidfd.
+            os.close(control.detach())
+            for pidfd, (_, other) in children.items():
+                os.close(other.detach())
+                os.close(pidfd)
             try:
                 run_child(slot)
             except BaseException as error:
@@ -152,34 +169,34 @@ def _safepy_template():
                     os.write(2, ("safepy warm child set-up failed: %r\n" % (error,)).encode())
                 finally:
                     os._exit(71)
-        _, status, usage = os.wait4(child, 0)
-        cpu_ms = int((usage.ru_utime + usage.ru_stime) * 1000)
-        try:
-            slot.send(bytes(ExitMessage(MAGIC, EXIT, status, 0, cpu_ms, usage.ru_maxrss)))
-        except OSError:
-            pass
-        os._exit(0)
+            os._exit(71)
+        # A child that already ended is a zombie until reaped here: its pidfd
+        # is readable at once.
+        pidfd = os.pidfd_open(pid)
+        children[pidfd] = (pid, slot)
+        poller.register(pidfd, select.POLLIN)
 
-    while True:
-        try:
-            message, fds, _, _ = socket.recv_fds(control, 64, 1)
-        except InterruptedError:
-            continue
+    def take_message():
+        message, fds, _, _ = socket.recv_fds(control, 64, 1)
         if not message:
             os._exit(0)  # the host is gone
         if not is_message(message, SPAWN) or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            continue
-        if os.fork() == 0:
-            try:
-                run_reaper(fds[0])
-            except BaseException as error:
-                try:
-                    os.write(2, ("safepy warm reaper failed: %r\n" % (error,)).encode())
-                finally:
-                    os._exit(71)
-        os.close(fds[0])
+            return
+        slot = socket.socket(fileno=fds[0])
+        try:
+            start_child(slot)
+        except OSError as error:
+            os.write(2, ("safepy warm template could not start a child: %r\n" % (error,)).encode())
+            slot.close()  # the host sees the slot end before READY
+
+    while True:
+        for fd, _ in poller.poll():
+            if fd == control_fd:
+                take_message()
+            elif fd in children:
+                reap_child(fd)
 
 
 _safepy_template()

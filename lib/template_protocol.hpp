@@ -6,7 +6,7 @@
 //   host -> template (control socket)  safepy_message SPAWN + the slot socket
 //   child -> host (slot socket)        safepy_message READY + SCM_CREDENTIALS
 //   host -> child                      safepy_run_message + stdout, stderr, result, script
-//   reaper -> host                     safepy_exit_message once the child has ended
+//   template -> host                   safepy_exit_message once it has reaped the child
 #pragma once
 
 #include <stddef.h>

@@ -1,6 +1,6 @@
 // The warm slot factory: a prepared child of a template (SPAWN, then READY
 // with its credentials, its pidfd, its run's cgroup), the hand-over of a run
-// (RUN with its descriptors) and how the run ended (EXIT from the reaper).
+// (RUN with its descriptors) and how the run ended (EXIT from the template).
 // The messages are template_protocol.hpp's.
 #pragma once
 
@@ -38,7 +38,7 @@ struct SlotPipes {
 // delivered, e.g. because the child died while prepared.
 bool start_run(Slot& slot, const Request& request, bool rlimit_memory, SlotPipes& pipes, std::string& error);
 
-// A warm child during its run. Its parent, the reaper (which never runs user
+// A warm child during its run. Its parent, the template (which never runs user
 // code), reports how it ended on the slot socket.
 class WarmChild final : public RunProcess {
 public:

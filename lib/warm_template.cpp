@@ -40,7 +40,7 @@ bool TemplateProcess::start(SpawnSpec spec, const Cgroups* cgroups, std::string&
     Fd child(pair[1]);
     spec.control_fd = child.get();
     if (cgroups) {
-        // The template and the reapers live in a cgroup of their own; each
+        // The template lives in a cgroup of its own; each
         // prepared child moves to its run's cgroup.
         Limits limits = spec.limits;
         limits.memory_bytes = std::max<std::uint64_t>(limits.memory_bytes, 2ull << 30);

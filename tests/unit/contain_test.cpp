@@ -58,16 +58,17 @@ contain::Plan plan_for(const safepy_contain_request& request) {
     return plan;
 }
 
-TEST(Contain, TheReaperUnsharesEveryNamespaceButUserAndCgroup) {
-    const contain::Plan plan = plan_for(request_for(SAFEPY_STAGE_REAPER));
-    EXPECT_EQ(kinds(plan), std::vector<StepKind>{StepKind::unshare_namespaces});
-    EXPECT_EQ(plan.namespaces,
-              static_cast<unsigned long>(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS));
+TEST(Contain, TheTemplateGivesItsNextChildAFreshPidNamespaceOnly) {
+    const contain::Plan plan = plan_for(request_for(SAFEPY_STAGE_FORK));
+    EXPECT_EQ(kinds(plan), std::vector<StepKind>{StepKind::fresh_pid_namespace});
 }
 
-TEST(Contain, APreparedChildMountsItsOwnProc) {
+TEST(Contain, APreparedChildUnsharesTheOtherNamespacesAndMountsItsOwnProc) {
     const contain::Plan plan = plan_for(request_for(SAFEPY_STAGE_PREPARE));
-    EXPECT_EQ(kinds(plan), (std::vector<StepKind>{StepKind::make_mounts_private, StepKind::mount_proc}));
+    EXPECT_EQ(kinds(plan), (std::vector<StepKind>{StepKind::unshare_namespaces, StepKind::make_mounts_private,
+                                                  StepKind::mount_proc}));
+    EXPECT_EQ(plan.namespaces,
+              static_cast<unsigned long>(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS));
 }
 
 TEST(Contain, TheRunStageEndsWithNoNewPrivsThenSeccomp) {
