@@ -450,6 +450,21 @@ std::optional<std::uint64_t> read_status_kb(int pid, const std::string& field) {
     return read_proc_kb(pid, "status", field);
 }
 
+// The fields of /proc/PID/stat after the command, so that [0] is the state
+// (field 3) and [1] the parent (field 4); empty when the process is gone.
+std::vector<std::string> stat_fields(int pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string text;
+    std::getline(stat, text);
+    // The command name may hold spaces and parentheses: fields resume after the last ')'.
+    const auto close = text.rfind(')');
+    if (close == std::string::npos) {
+        return {};
+    }
+    std::istringstream fields(text.substr(close + 1));
+    return {std::istream_iterator<std::string>(fields), std::istream_iterator<std::string>()};
+}
+
 // `root` and every descendant, from the parent ids in /proc/*/stat.
 std::vector<int> process_tree(int root) {
     std::multimap<int, int> children;
@@ -459,19 +474,9 @@ std::vector<int> process_tree(int root) {
         if (name.empty() || !std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; })) {
             continue;
         }
-        std::ifstream stat(entry.path() / "stat");
-        std::string text;
-        std::getline(stat, text);
-        // The command name may hold spaces and parentheses: fields resume after the last ')'.
-        const auto close = text.rfind(')');
-        if (close == std::string::npos) {
-            continue;
-        }
-        std::istringstream fields(text.substr(close + 1));
-        char state = 0;
-        int parent = 0;
-        if (fields >> state >> parent) {
-            children.emplace(parent, std::stoi(name));
+        const std::vector<std::string> fields = stat_fields(std::stoi(name));
+        if (fields.size() > 1) {
+            children.emplace(std::stoi(fields[1]), std::stoi(name));
         }
     }
     std::vector<int> tree = {root};
@@ -487,16 +492,8 @@ std::vector<int> process_tree(int root) {
 // CPU time in clock ticks of one process and the children it has reaped
 // (utime, stime, cutime, cstime of /proc/PID/stat); empty when it is gone.
 std::optional<std::uint64_t> process_cpu_ticks(int pid) {
-    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-    std::string text;
-    std::getline(stat, text);
-    const auto close = text.rfind(')');
-    if (close == std::string::npos) {
-        return std::nullopt;
-    }
-    std::istringstream fields(text.substr(close + 2));
-    std::vector<std::string> values{std::istream_iterator<std::string>(fields), std::istream_iterator<std::string>()};
-    // After the command: state is field 3, utime 14 .. cstime 17.
+    const std::vector<std::string> values = stat_fields(pid);
+    // values[0] is field 3: utime is field 14 .. cstime 17.
     if (values.size() < 15) {
         return std::nullopt;
     }

@@ -22,7 +22,6 @@ def _safepy_template():
     import ctypes
     import gc
     import select
-    import signal
     import socket
     import struct
 
@@ -172,7 +171,13 @@ def _safepy_template():
             os._exit(71)
         # A child that already ended is a zombie until reaped here: its pidfd
         # is readable at once.
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            # Without a pidfd its exit could not be reported: end it now.
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise
         children[pidfd] = (pid, slot)
         poller.register(pidfd, select.POLLIN)
 
