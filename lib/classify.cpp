@@ -1,7 +1,10 @@
 #include "classify.hpp"
 
+#include "envelope.hpp"
+
 #include <csignal>
 #include <cstring>
+#include <set>
 #include <sys/wait.h>
 
 namespace safepy {
@@ -38,8 +41,14 @@ Verdict from_record(const Evidence& evidence, int exit_code) {
     if (kind == "bad_main") {
         return {Status::invalid_script, std::string(k_bad_main), ""};
     }
-    if (kind == "syntax_error") {
+    if (kind == "syntax_error" || kind == "bad_args") {
         return {Status::invalid_script, report.body, ""};
+    }
+    if (kind == "input_error") {
+        return {Status::invalid_request, report.body, ""};
+    }
+    if (kind == "output_files") {
+        return {Status::output_limit, report.body, ""};
     }
     if (kind == "invalid_result") {
         return {Status::invalid_result, std::string(k_invalid_json) + ": " + report.body, ""};
@@ -67,9 +76,52 @@ bool record_fits_phase(const std::string& kind, const RunnerReport& report, Mode
     }
     if (!report.main_found) {
         // The module's own code ran: it may fail, exit or run out of memory.
-        return kind == "no_main" || kind == "bad_main" || kind == "exception" || kind == "exit" || kind == "memory";
+        return kind == "no_main" || kind == "bad_main" || kind == "bad_args" || kind == "input_error" ||
+               kind == "exception" || kind == "exit" || kind == "memory";
     }
-    return kind == "ok" || kind == "invalid_result" || kind == "exception" || kind == "exit" || kind == "memory";
+    return kind == "ok" || kind == "invalid_result" || kind == "output_files" || kind == "exception" ||
+           kind == "exit" || kind == "memory";
+}
+
+std::uint64_t read_le(const std::string& bytes, std::size_t at, int width) {
+    std::uint64_t value = 0;
+    for (int i = width - 1; i >= 0; --i) {
+        value = (value << 8) | static_cast<unsigned char>(bytes[at + static_cast<std::size_t>(i)]);
+    }
+    return value;
+}
+
+// The F records from `at` on (see runner.py): false when one is malformed.
+bool parse_file_records(const std::string& channel, std::size_t& at, RunnerReport& report) {
+    constexpr std::size_t k_header = 2 + 4 + 8;
+    constexpr std::size_t k_reason_bytes = 4096;
+    std::set<std::string> paths;
+    while (at < channel.size() && channel[at] == 'F') {
+        if (channel.size() - at < k_header) {
+            return false;
+        }
+        const char tag = channel[at + 1];
+        const std::uint64_t path_bytes = read_le(channel, at + 2, 4);
+        const std::uint64_t data_bytes = read_le(channel, at + 6, 8);
+        const std::size_t left = channel.size() - at - k_header;
+        if ((tag != 'f' && tag != 'k') || path_bytes > left || data_bytes > left - path_bytes ||
+            (tag == 'k' && data_bytes > k_reason_bytes)) {
+            return false;
+        }
+        std::string path = channel.substr(at + k_header, path_bytes);
+        std::string data = channel.substr(at + k_header + path_bytes, data_bytes);
+        at += k_header + path_bytes + data_bytes;
+        if (check_file_path(path) || !paths.insert(path).second) {
+            return false;
+        }
+        if (tag == 'f') {
+            report.file_bytes += data.size();
+            report.files.push_back({std::move(path), std::move(data)});
+        } else {
+            report.skipped_files.push_back(path + ": " + repair_utf8(data));
+        }
+    }
+    return true;
 }
 
 }  // namespace
@@ -93,6 +145,10 @@ RunnerReport parse_runner_report(const std::string& channel, Mode mode) {
             report.malformed = mode != Mode::run;
             ++at;
         }
+    }
+    if (report.main_found && !parse_file_records(channel, at, report)) {
+        report.malformed = true;
+        return report;
     }
     if (at == channel.size() || report.malformed) {
         return report;
@@ -138,6 +194,11 @@ Verdict classify(const Evidence& evidence) {
     if (evidence.result_over) {
         return {Status::output_limit, "Output limit exceeded: the result is capped at " +
                                           std::to_string(limits.result_bytes) + " bytes", ""};
+    }
+    if (evidence.files_over) {
+        return {Status::output_limit, "Output limit exceeded: the files returned from /tmp/out are capped at " +
+                                          std::to_string(limits.output_files) + " entries and " +
+                                          std::to_string(limits.output_files_bytes) + " bytes", ""};
     }
     if (evidence.wall_timeout) {
         return {Status::timeout, "Execution timed out after " + std::to_string(limits.wall.count()) +

@@ -19,6 +19,11 @@ struct RunnerReport {
     std::optional<std::string> kind;  // the final record's kind, when one arrived
     std::string body;             // its body
     bool malformed = false;       // bytes that the runner would never write, or a record out of phase
+    // The F records sent after main() returned: the files under /tmp/out and
+    // the entries skipped ("path: why"), each path checked and seen once.
+    std::vector<File> files;
+    std::vector<std::string> skipped_files;
+    std::uint64_t file_bytes = 0;  // the files' bytes in all, as received
 };
 
 // Splits the raw result channel into a report; `mode` decides which records
@@ -31,6 +36,7 @@ struct Evidence {
     bool stdout_over = false;
     bool stderr_over = false;
     bool result_over = false;
+    bool files_over = false;      // more entries or bytes under /tmp/out than the caps, as received
     bool wall_timeout = false;
     bool cpu_timeout = false;     // the library's CPU accounting passed the limit
     std::uint64_t oom_kills = 0;  // from the run's cgroup

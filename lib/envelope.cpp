@@ -1,5 +1,7 @@
 #include "envelope.hpp"
 
+#include "base64.hpp"
+
 #include "safepy/safepy.hpp"
 
 #include <boost/json/basic_parser_impl.hpp>
@@ -69,16 +71,41 @@ struct ValidatingHandler {
     bool on_comment(json::string_view, json::error_code&) { return true; }
 };
 
+// With the envelope's own ", " and ": " separators.
 std::string usage_json(const Outcome& outcome) {
-    json::object usage;
-    usage["wall_ms"] = outcome.usage.wall.count();
-    usage["cpu_ms"] = outcome.usage.cpu.count();
-    usage["peak_memory_bytes"] = outcome.usage.peak_memory_bytes;
-    usage["stdout_truncated"] = outcome.stdout_truncated;
-    usage["stderr_truncated"] = outcome.stderr_truncated;
-    usage["jail"] = outcome.jail;
-    usage["resource_control"] = outcome.resource_control;
-    return json::serialize(usage);
+    auto flag = [](bool value) { return value ? "true" : "false"; };
+    return "{\"wall_ms\": " + std::to_string(outcome.usage.wall.count()) +
+           ", \"cpu_ms\": " + std::to_string(outcome.usage.cpu.count()) +
+           ", \"peak_memory_bytes\": " + std::to_string(outcome.usage.peak_memory_bytes) +
+           ", \"stdout_truncated\": " + flag(outcome.stdout_truncated) +
+           ", \"stderr_truncated\": " + flag(outcome.stderr_truncated) +
+           ", \"jail\": " + json_string(repair_utf8(outcome.jail)) +
+           ", \"resource_control\": " + json_string(repair_utf8(outcome.resource_control)) + "}";
+}
+
+std::string files_json(const Outcome& outcome, bool contents) {
+    std::string out;
+    if (!outcome.files.empty()) {
+        out += ", \"files\": [";
+        for (std::size_t i = 0; i < outcome.files.size(); ++i) {
+            const File& file = outcome.files[i];
+            out += i ? ", " : "";
+            out += "{\"path\": " + json_string(file.path) + ", \"size\": " + std::to_string(file.content.size());
+            if (contents) {
+                out += ", \"content_base64\": \"" + base64_encode(file.content) + "\"";
+            }
+            out += "}";
+        }
+        out += "]";
+    }
+    if (!outcome.skipped_files.empty()) {
+        out += ", \"files_skipped\": [";
+        for (std::size_t i = 0; i < outcome.skipped_files.size(); ++i) {
+            out += (i ? ", " : "") + json_string(repair_utf8(outcome.skipped_files[i]));
+        }
+        out += "]";
+    }
+    return out;
 }
 
 }  // namespace
@@ -177,13 +204,14 @@ std::string json_string(std::string_view text) {
     return json::serialize(json::string_view(text.data(), text.size()));
 }
 
-std::string envelope_json(const Outcome& outcome, bool with_details) {
+std::string envelope_json(const Outcome& outcome, bool with_details, bool file_contents) {
     // Written by hand with ", " and ": " separators so that the envelope of a
     // success is byte for byte {"result": ..., "stdout": "..."}.
     std::string out = "{";
     if (outcome.status == Status::ok) {
         out += "\"result\": " + outcome.result_json;
         out += ", \"stdout\": " + json_string(repair_utf8(outcome.stdout_bytes));
+        out += files_json(outcome, file_contents);
         if (with_details) {
             out += ", \"status\": \"ok\"";
         }

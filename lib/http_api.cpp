@@ -1,6 +1,8 @@
 #include "safepy/http.hpp"
 
+#include "base64.hpp"
 #include "envelope.hpp"
+#include "job.hpp"
 
 #include <boost/json/basic_parser_impl.hpp>
 #include <boost/json/object.hpp>
@@ -11,13 +13,15 @@
 #include <cctype>
 #include <charconv>
 #include <ctime>
+#include <set>
 
 namespace safepy {
 namespace {
 
 namespace json = boost::json;
 
-constexpr std::size_t k_body_max_depth = 8;  // the schema needs 2; deeper input fails at its first container
+// The schema needs 3; "args" may nest k_args_max_depth deep (lib/job.hpp).
+constexpr std::size_t k_body_max_depth = 2 + k_args_max_depth;
 constexpr std::size_t k_quoted_name_bytes = 64;
 constexpr std::size_t k_logged_text_bytes = 256;
 
@@ -58,7 +62,8 @@ std::string_view trim(std::string_view text) {
 // Builds the Request while Boost.JSON's basic_parser checks syntax, UTF-8 and
 // depth. Turning every value into a Request field as it arrives means a
 // duplicate key or a value of the wrong type is caught at once, and nothing but
-// the script is ever stored.
+// the request's own fields is ever stored. "args" is kept as JSON text,
+// written back from the parser's events (duplicate keys refused).
 class BodyHandler {
 public:
     constexpr static std::size_t max_object_size = std::size_t(-1);
@@ -74,57 +79,132 @@ public:
     bool on_document_end(json::error_code&) { return true; }
 
     bool on_object_begin(json::error_code& ec) {
-        if (m_depth == 0 || (m_depth == 1 && m_expect == Expect::limits_object)) {
-            ++m_depth;
+        if (capturing()) {
+            return capture_open('{', true);
+        }
+        switch (m_expect) {
+        case Expect::document:
             m_expect = Expect::key;
             return true;
+        case Expect::limits_object:
+            m_where = Where::limits;
+            m_expect = Expect::key;
+            return true;
+        case Expect::args_value:
+            m_args = "";
+            return capture_open('{', true);
+        case Expect::file_item:
+            m_where = Where::file;
+            m_file = File{};
+            m_file_fields = {};
+            m_expect = Expect::key;
+            return true;
+        default:
+            return wrong_type(ec);
         }
-        return wrong_type(ec);
     }
-    bool on_object_end(std::size_t, json::error_code&) {
-        --m_depth;
-        m_expect = m_depth == 0 ? Expect::nothing : Expect::key;
+    bool on_object_end(std::size_t, json::error_code& ec) {
+        if (capturing()) {
+            return capture_close('}');
+        }
+        switch (m_where) {
+        case Where::limits:
+            m_where = Where::top;
+            m_expect = Expect::key;
+            return true;
+        case Where::file:
+            return end_file(ec);
+        default:
+            m_expect = Expect::nothing;
+            return true;
+        }
+    }
+    bool on_array_begin(json::error_code& ec) {
+        if (capturing()) {
+            return capture_open('[', false);
+        }
+        if (m_expect != Expect::files_array) {
+            return wrong_type(ec);
+        }
+        m_where = Where::files;
+        m_expect = Expect::file_item;
         return true;
     }
-    bool on_array_begin(json::error_code& ec) { return wrong_type(ec); }
-    bool on_array_end(std::size_t, json::error_code&) { return true; }
+    bool on_array_end(std::size_t, json::error_code&) {
+        if (capturing()) {
+            return capture_close(']');
+        }
+        m_where = Where::top;
+        m_expect = Expect::key;
+        return true;
+    }
 
     bool on_key_part(json::string_view part, std::size_t, json::error_code&) {
-        append_key(part);
+        if (capturing()) {
+            m_text.append(part.data(), part.size());
+        } else {
+            append_key(part);
+        }
         return true;
     }
-    bool on_key(json::string_view part, std::size_t, json::error_code& ec) {
-        append_key(part);
+    bool on_key(json::string_view part, std::size_t n, json::error_code& ec) {
+        on_key_part(part, n, ec);
+        if (capturing()) {
+            return capture_key(ec);
+        }
         const std::string key = std::move(m_key);
         const bool cut = m_key_cut;
         m_key.clear();
         m_key_cut = false;
-        return m_depth == 1 ? on_field(key, cut, ec) : on_limit_name(key, cut, ec);
+        switch (m_where) {
+        case Where::limits:
+            return on_limit_name(key, cut, ec);
+        case Where::file:
+            return on_file_field(key, cut, ec);
+        default:
+            return on_field(key, cut, ec);
+        }
     }
 
     bool on_string_part(json::string_view part, std::size_t, json::error_code& ec) {
-        if (m_expect != Expect::script) {
+        std::string* target = string_target();
+        if (!target) {
             return wrong_type(ec);
         }
-        m_request.script.append(part.data(), part.size());
+        target->append(part.data(), part.size());
         return true;
     }
     bool on_string(json::string_view part, std::size_t n, json::error_code& ec) {
         if (!on_string_part(part, n, ec)) {
             return false;
         }
-        m_expect = Expect::key;
-        return true;
+        if (capturing()) {
+            capture_value(json_string(m_text));
+            m_text.clear();
+            return true;
+        }
+        return end_string(ec);
     }
 
-    bool on_number_part(json::string_view, json::error_code&) { return true; }
-    bool on_int64(std::int64_t value, json::string_view, json::error_code& ec) {
+    bool on_number_part(json::string_view part, json::error_code&) {
+        if (capturing()) {
+            m_text.append(part.data(), part.size());
+        }
+        return true;
+    }
+    bool on_int64(std::int64_t value, json::string_view text, json::error_code& ec) {
+        if (capturing()) {
+            return capture_number(text);
+        }
         if (value < 0) {
             return wrong_type(ec);
         }
         return on_uint64(static_cast<std::uint64_t>(value), {}, ec);
     }
-    bool on_uint64(std::uint64_t value, json::string_view, json::error_code& ec) {
+    bool on_uint64(std::uint64_t value, json::string_view text, json::error_code& ec) {
+        if (capturing()) {
+            return capture_number(text);
+        }
         if (m_expect != Expect::limit_value) {
             return wrong_type(ec);
         }
@@ -134,18 +214,131 @@ public:
         m_expect = Expect::key;
         return true;
     }
-    bool on_double(double, json::string_view, json::error_code& ec) { return wrong_type(ec); }
-    bool on_bool(bool, json::error_code& ec) { return wrong_type(ec); }
-    bool on_null(json::error_code& ec) { return wrong_type(ec); }
+    bool on_double(double, json::string_view text, json::error_code& ec) {
+        return capturing() ? capture_number(text) : wrong_type(ec);
+    }
+    bool on_bool(bool value, json::error_code& ec) {
+        return capturing() ? capture_value(value ? "true" : "false") : wrong_type(ec);
+    }
+    bool on_null(json::error_code& ec) { return capturing() ? capture_value("null") : wrong_type(ec); }
     bool on_comment_part(json::string_view, json::error_code&) { return true; }
     bool on_comment(json::string_view, json::error_code&) { return true; }
 
     const std::string& error() const { return m_error; }
-    bool has_script() const { return m_seen_script; }
+    bool has_script() const { return m_seen.count("script") > 0; }
     Request take_request() { return std::move(m_request); }
 
 private:
-    enum class Expect { document, key, script, limits_object, limit_value, nothing };
+    enum class Expect {
+        document, key, script, stdin_text, stdin_base64, limits_object, limit_value, args_value, files_array,
+        file_item, file_path, file_content, file_content_base64, nothing
+    };
+    enum class Where { top, limits, files, file };
+
+    // One open container of "args".
+    struct Frame {
+        bool is_object;
+        bool any = false;  // an element was written: the next needs ", "
+        std::set<std::string, std::less<>> keys;
+    };
+
+    bool capturing() const { return !m_frames.empty(); }
+
+    void before_value() {
+        if (!m_frames.empty() && !m_frames.back().is_object) {
+            m_args += m_frames.back().any ? ", " : "";
+            m_frames.back().any = true;
+        }
+    }
+    bool capture_open(char bracket, bool is_object) {
+        before_value();
+        m_args += bracket;
+        m_frames.push_back(Frame{is_object, false, {}});
+        return true;
+    }
+    bool capture_close(char bracket) {
+        m_args += bracket;
+        m_frames.pop_back();
+        if (m_frames.empty()) {
+            m_request.args_json = std::move(m_args);
+            m_expect = Expect::key;
+        }
+        return true;
+    }
+    bool capture_key(json::error_code& ec) {
+        Frame& frame = m_frames.back();
+        if (!frame.keys.insert(m_text).second) {
+            return fail("Duplicate key " + quoted_name(m_text) + " in \"args\"", ec);
+        }
+        m_args += frame.any ? ", " : "";
+        frame.any = true;
+        m_args += json_string(m_text) + ": ";
+        m_text.clear();
+        return true;
+    }
+    bool capture_value(std::string_view text) {
+        before_value();
+        m_args += text;
+        return true;
+    }
+    bool capture_number(json::string_view last) {
+        m_text.append(last.data(), last.size());
+        capture_value(m_text);
+        m_text.clear();
+        return true;
+    }
+
+    std::string* string_target() {
+        switch (m_expect) {
+        case Expect::script: return &m_request.script;
+        case Expect::stdin_text: return &m_request.stdin_bytes;
+        case Expect::stdin_base64: return &m_base64;
+        case Expect::file_path: return &m_file.path;
+        case Expect::file_content: return &m_file.content;
+        case Expect::file_content_base64: return &m_base64;
+        default: return capturing() ? &m_text : nullptr;
+        }
+    }
+
+    bool end_string(json::error_code& ec) {
+        switch (m_expect) {
+        case Expect::stdin_base64:
+            if (auto decoded = base64_decode(m_base64)) {
+                m_request.stdin_bytes = std::move(*decoded);
+            } else {
+                return fail("\"stdin_base64\" is not valid base64", ec);
+            }
+            m_base64.clear();
+            break;
+        case Expect::file_content_base64:
+            if (auto decoded = base64_decode(m_base64)) {
+                m_file.content = std::move(*decoded);
+            } else {
+                return fail(file_name() + ".content_base64 is not valid base64", ec);
+            }
+            m_base64.clear();
+            break;
+        default:
+            break;
+        }
+        m_expect = Expect::key;
+        return true;
+    }
+
+    std::string file_name() const { return "files[" + std::to_string(m_request.files.size()) + "]"; }
+
+    bool end_file(json::error_code& ec) {
+        if (!m_file_fields.count("path")) {
+            return fail(file_name() + " has no \"path\"", ec);
+        }
+        if (m_file_fields.count("content") + m_file_fields.count("content_base64") != 1) {
+            return fail(file_name() + " needs one of \"content\" and \"content_base64\"", ec);
+        }
+        m_request.files.push_back(std::move(m_file));
+        m_where = Where::files;
+        m_expect = Expect::file_item;
+        return true;
+    }
 
     void append_key(json::string_view part) {
         // Keys longer than any known name are only ever quoted in a message.
@@ -155,23 +348,47 @@ private:
     }
 
     bool on_field(const std::string& key, bool cut, json::error_code& ec) {
-        if (!cut && key == "script") {
-            if (m_seen_script) {
-                return fail("Duplicate field \"script\"", ec);
+        static const std::pair<std::string_view, Expect> k_fields[] = {
+            {"script", Expect::script},           {"limits", Expect::limits_object},
+            {"args", Expect::args_value},         {"stdin", Expect::stdin_text},
+            {"stdin_base64", Expect::stdin_base64}, {"files", Expect::files_array},
+        };
+        for (const auto& [name, expect] : k_fields) {
+            if (cut || key != name) {
+                continue;
             }
-            m_seen_script = true;
-            m_expect = Expect::script;
+            if (!m_seen.insert(key).second) {
+                return fail("Duplicate field " + quoted_name(key), ec);
+            }
+            if (m_seen.count("stdin") && m_seen.count("stdin_base64")) {
+                return fail("Give \"stdin\" or \"stdin_base64\", not both", ec);
+            }
+            m_expect = expect;
             return true;
         }
-        if (!cut && key == "limits") {
-            if (m_seen_limits) {
-                return fail("Duplicate field \"limits\"", ec);
+        return fail("Unknown field " + quoted_name(key) +
+                        "; the request accepts \"script\", \"limits\", \"args\", \"stdin\", \"stdin_base64\" and \"files\"",
+                    ec);
+    }
+
+    bool on_file_field(const std::string& key, bool cut, json::error_code& ec) {
+        static const std::pair<std::string_view, Expect> k_fields[] = {
+            {"path", Expect::file_path},
+            {"content", Expect::file_content},
+            {"content_base64", Expect::file_content_base64},
+        };
+        for (const auto& [name, expect] : k_fields) {
+            if (!cut && key == name) {
+                if (!m_file_fields.insert(key).second) {
+                    return fail(file_name() + ": duplicate field " + quoted_name(key), ec);
+                }
+                m_expect = expect;
+                return true;
             }
-            m_seen_limits = true;
-            m_expect = Expect::limits_object;
-            return true;
         }
-        return fail("Unknown field " + quoted_name(key) + "; the request accepts \"script\" and \"limits\"", ec);
+        return fail(file_name() + ": unknown field " + quoted_name(key) +
+                        "; a file has \"path\" and \"content\" or \"content_base64\"",
+                    ec);
     }
 
     bool on_limit_name(const std::string& key, bool cut, json::error_code& ec) {
@@ -193,10 +410,26 @@ private:
             return fail("The request body must be a JSON object", ec);
         case Expect::script:
             return fail("\"script\" must be a string", ec);
+        case Expect::stdin_text:
+            return fail("\"stdin\" must be a string", ec);
+        case Expect::stdin_base64:
+            return fail("\"stdin_base64\" must be a string of base64", ec);
         case Expect::limits_object:
             return fail("\"limits\" must be an object", ec);
         case Expect::limit_value:
             return fail("limits." + m_limit + " must be a non-negative integer", ec);
+        case Expect::args_value:
+            return fail("\"args\" must be a JSON object (names to values): main is called as main(**args)", ec);
+        case Expect::files_array:
+            return fail("\"files\" must be an array of {\"path\": ..., \"content_base64\": ...} objects", ec);
+        case Expect::file_item:
+            return fail(file_name() + " must be an object with \"path\" and \"content\" or \"content_base64\"", ec);
+        case Expect::file_path:
+            return fail(file_name() + ".path must be a string", ec);
+        case Expect::file_content:
+            return fail(file_name() + ".content must be a string", ec);
+        case Expect::file_content_base64:
+            return fail(file_name() + ".content_base64 must be a string of base64", ec);
         case Expect::key:
         case Expect::nothing:
             break;
@@ -213,14 +446,21 @@ private:
     const Limits& m_maxima;
     Request m_request;
     Expect m_expect = Expect::document;
-    std::size_t m_depth = 0;
+    Where m_where = Where::top;
     std::string m_key;
     bool m_key_cut = false;
     std::string m_limit;
     std::vector<std::string> m_seen_limit_names;
-    bool m_seen_script = false;
-    bool m_seen_limits = false;
+    std::set<std::string, std::less<>> m_seen;  // top-level fields
     std::string m_error;
+    // "args": its text so far, its open containers, the key, string or number being read.
+    std::string m_args;
+    std::vector<Frame> m_frames;
+    std::string m_text;
+    // "files": the file being read and its fields so far.
+    File m_file;
+    std::set<std::string, std::less<>> m_file_fields;
+    std::string m_base64;  // stdin_base64 or content_base64 as it arrives
 };
 
 json::string_view logged_text(std::string_view text, std::string& storage) {
@@ -479,6 +719,7 @@ Limits service_maxima(std::size_t concurrency, bool warm) {
     maxima.stdout_bytes = 16ull << 20;
     maxima.stderr_bytes = 16ull << 20;
     maxima.result_bytes = 64ull << 20;
+    maxima.output_files_bytes = 64ull << 20;
     return maxima;
 }
 

@@ -149,7 +149,11 @@ std::vector<std::string> sandbox_environment() {
             "LC_ALL=C.UTF-8",
             "OPENBLAS_NUM_THREADS=1",
             "OMP_NUM_THREADS=1",
-            "MKL_NUM_THREADS=1"};
+            "MKL_NUM_THREADS=1",
+            // matplotlib: no display, and Debian's matplotlibrc (its copy
+            // in /etc is not in the sandbox).
+            "MPLBACKEND=Agg",
+            "MATPLOTLIBRC=/usr/share/matplotlib/mpl-data/matplotlibrc"};
 }
 
 std::vector<std::string> jail_argv(const JailPlan& plan) {

@@ -18,7 +18,7 @@ struct FieldSpec {
 
 // The minimums keep a run able to start at all (the jail's own processes and
 // descriptors count), so that a tiny limit reads as the script's failure.
-const std::array<FieldSpec, 11> k_fields = {{
+const std::array<FieldSpec, 16> k_fields = {{
     {{"wall_ms", "wall-clock time limit in milliseconds"}, 1, nullptr, nullptr, &Limits::wall},
     {{"cpu_ms", "CPU time limit in milliseconds (all processes of the run)"}, 1, nullptr, nullptr, &Limits::cpu},
     {{"memory_bytes", "memory limit in bytes (RAM of all processes, /tmp included)"}, 16u << 20, &Limits::memory_bytes},
@@ -30,6 +30,12 @@ const std::array<FieldSpec, 11> k_fields = {{
     {{"stderr_bytes", "stderr cap in bytes; more ends the run"}, 1, &Limits::stderr_bytes},
     {{"result_bytes", "cap on main()'s serialised result in bytes"}, 16, &Limits::result_bytes},
     {{"cpu_cores", "CPU quota: most CPUs' worth of time the run may use at once"}, 1, nullptr, &Limits::cpu_cores},
+    {{"stdin_bytes", "most bytes of stdin handed to the script"}, 0, &Limits::stdin_bytes},
+    {{"input_files", "most files handed to the run"}, 0, nullptr, &Limits::input_files},
+    {{"input_files_bytes", "most bytes of files handed to the run, in all"}, 0, &Limits::input_files_bytes},
+    {{"output_files", "most entries (files, directories, links) under /tmp/out returned"}, 0, nullptr,
+     &Limits::output_files},
+    {{"output_files_bytes", "most bytes of files returned from /tmp/out, in all"}, 0, &Limits::output_files_bytes},
 }};
 
 const FieldSpec* find_field(std::string_view name) {
@@ -85,6 +91,11 @@ Limits default_maxima() {
     maxima.stderr_bytes = 256ull << 20;
     maxima.result_bytes = 256ull << 20;
     maxima.cpu_cores = 1024;
+    maxima.stdin_bytes = 1ull << 30;
+    maxima.input_files = 10'000;
+    maxima.input_files_bytes = 1ull << 30;
+    maxima.output_files = 10'000;
+    maxima.output_files_bytes = 1ull << 30;
     return maxima;
 }
 
@@ -106,6 +117,9 @@ Limits host_maxima(const Limits& ceiling, const HostResources& host, std::size_t
     const std::uint64_t memory = std::max<std::uint64_t>(std::min(ceiling.memory_bytes, share), 16u << 20);
     maxima.memory_bytes = memory;
     maxima.tmp_bytes = std::min(ceiling.tmp_bytes, memory);
+    // stdin and the files handed in live in the run's memory.
+    maxima.stdin_bytes = std::min(ceiling.stdin_bytes, memory);
+    maxima.input_files_bytes = std::min(ceiling.input_files_bytes, memory);
     maxima.cpu_cores = std::max<std::uint32_t>(1, std::min(ceiling.cpu_cores, host.cpus));
     return maxima;
 }

@@ -1,19 +1,25 @@
 # safepy's in-jail runner. It is embedded in the safepy binary and started as
-#   python3 -I -B -u -c <this file> MODE RESULT_FD SCRIPT_FD
-# inside the jail. MODE is "run" or "check". The script's source arrives on
-# SCRIPT_FD; the outcome leaves on RESULT_FD, never on stdout:
+#   python3 -I -B -u -c <this file> MODE RESULT_FD JOB_FD
+# inside the jail. MODE is "run" or "check". The job arrives on JOB_FD (see
+# lib/job.hpp: the script, main's arguments, stdin, the files handed in and
+# the output caps); the outcome leaves on RESULT_FD, never on stdout:
 #   b"S"                         written first: the jail worked and Python started
 #   b"C"                         the script compiled (check mode: and parsed);
 #                                no code of the script has run before this
-#   b"M"                         run mode: main() was found and takes no
-#                                arguments; it is called next
+#   b"M"                         run mode: main() was found and accepts the
+#                                arguments given (none, or args); it is called next
+#   b"F" TAG LENGTHS PATH DATA   after main() returned: one per entry under
+#                                /tmp/out, TAG b"f" a file (DATA its bytes) or
+#                                b"k" an entry skipped (DATA why); LENGTHS are
+#                                the path's (u32 LE) and the data's (u64 LE)
 #   b"R" KIND b"\n" BODY         written once at the end
 # The host accepts a record only in the phase the runner sends it in
-# (syntax_error before "C", no_main and bad_main before "M", ok and
-# invalid_result after it), so a script writing on the descriptor cannot pass
-# its failure off as an earlier one.
-# KIND is one of ok, syntax_error, no_main, bad_main, exception, exit, memory,
-# invalid_result; BODY is the result's JSON text for ok, else a message.
+# (syntax_error before "C", no_main, bad_main, bad_args and input_error before
+# "M", ok, invalid_result and output_files after it), so a script writing on
+# the descriptor cannot pass its failure off as an earlier one.
+# KIND is one of ok, syntax_error, no_main, bad_main, bad_args, input_error,
+# exception, exit, memory, invalid_result, output_files; BODY is the result's
+# JSON text for ok, else a message.
 # Everything this file needs is bound before the script runs, so a script that
 # patches modules or replaces sys.stdout cannot change what is reported.
 import sys
@@ -25,6 +31,8 @@ def _safepy_runner():
     import inspect
     import json
     import linecache
+    import stat
+    import struct
     import traceback
     import types
 
@@ -37,10 +45,15 @@ def _safepy_runner():
     is_instance = isinstance
     stdout_object = sys.stdout
     stderr_object = sys.stderr
+    # What collecting /tmp/out after main() uses, bound before the script runs.
+    calls = types.SimpleNamespace(open=os.open, listdir=os.listdir, stat=os.stat, fstat=os.fstat, read=os.read,
+                                  close=os.close, kill=os.kill, waitpid=os.waitpid, getpid=os.getpid,
+                                  pack=struct.pack, is_dir=stat.S_ISDIR, is_link=stat.S_ISLNK, is_file=stat.S_ISREG,
+                                  write_all=None)
 
     mode = sys.argv[1]
     result_fd = int(sys.argv[2])
-    script_fd = int(sys.argv[3])
+    job_fd = int(sys.argv[3])
     os.set_inheritable(result_fd, False)
     write(result_fd, b"S")
     get_pid = os.getpid
@@ -51,6 +64,8 @@ def _safepy_runner():
         view = memoryview(data)
         while view:
             view = view[write(fd, view):]
+
+    calls.write_all = write_all
 
     def send(kind, body):
         if get_pid() != runner_pid:
@@ -115,12 +130,14 @@ def _safepy_runner():
 
     chunks = []
     while True:
-        chunk = read(script_fd, 1 << 16)
+        chunk = read(job_fd, 1 << 20)
         if not chunk:
             break
         chunks.append(chunk)
-    close(script_fd)
-    source = b"".join(chunks)
+    close(job_fd)
+    job = _read_job(b"".join(chunks))
+    del chunks
+    source = job["script"]
 
     try:
         code = compile(source, "script.py", "exec", dont_inherit=True)
@@ -148,6 +165,13 @@ def _safepy_runner():
 
     mark(b"C")
 
+    try:
+        _place_inputs(job)
+    except OSError as error:
+        flush_output()
+        send("input_error", "Input could not be placed in the run: " + describe(error))
+        return
+
     text = source.decode("utf-8", "replace")
     linecache.cache["script.py"] = (len(text), None, text.splitlines(True), "script.py")
     module = types.ModuleType("script")
@@ -164,18 +188,24 @@ def _safepy_runner():
         flush_output()
         send("no_main", "Script must contain a main() function")
         return
+    args = job["args"]
     try:
-        inspect.signature(main).bind()
+        problem = _argument_problem(inspect.signature(main), args, inspect.Parameter)
     except TypeError:
-        flush_output()
-        send("bad_main", "main() must be callable without arguments")
-        return
+        problem = "main() cannot be called with keyword arguments"
     except ValueError:
-        pass
+        problem = None  # a callable Python cannot describe: call it and see
+    if problem is not None:
+        flush_output()
+        if args is None:
+            send("bad_main", "main() must be callable without arguments")
+        else:
+            send("bad_args", problem)
+        return
 
     mark(b"M")
     try:
-        value = main()
+        value = main() if args is None else main(**args)
     except BaseException as error:
         report_failure(error, "in main()")
         return
@@ -189,7 +219,208 @@ def _safepy_runner():
     except BaseException as error:
         send("invalid_result", describe(error))
         return
+    over = _return_outputs(job, calls, result_fd, get_pid() == runner_pid)
+    if over is not None:
+        send("output_files", over)
+        return
     send("ok", body.encode("ascii", "backslashreplace"))
+
+
+def _read_job(data):
+    # lib/job.hpp: a magic, then records of tag, name length, data length, name, data.
+    import json
+    import struct
+
+    magic = b"SPYJOB1\n"
+    if not data.startswith(magic):
+        raise ValueError("not a safepy job")
+    job = {"script": b"", "args": None, "stdin": None, "files": [], "outputs": (0, 0)}
+    view = memoryview(data)
+    at = len(magic)
+    while at < len(data):
+        tag = data[at:at + 1]
+        name_bytes, data_bytes = struct.unpack_from("<IQ", data, at + 1)
+        at += 13
+        name = bytes(view[at:at + name_bytes])
+        at += name_bytes
+        body = view[at:at + data_bytes]
+        at += data_bytes
+        if tag == b"s":
+            job["script"] = bytes(body)
+        elif tag == b"a":
+            job["args"] = json.loads(bytes(body))
+        elif tag == b"i":
+            job["stdin"] = body
+        elif tag == b"f":
+            job["files"].append((name.decode("utf-8"), body))
+        elif tag == b"o":
+            entries, total = bytes(body).split()
+            job["outputs"] = (int(entries), int(total))
+    return job
+
+
+def _place_inputs(job):
+    # Before any of the script's code: stdin, the files handed in (read-only,
+    # in the working directory) and /tmp/out for the files the run returns.
+    if job["stdin"] is not None:
+        fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+        view = job["stdin"]
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.dup2(fd, 0)
+        os.close(fd)
+        job["stdin"] = None
+    for path, content in job["files"]:
+        parts = path.split("/")
+        if any(part in ("", ".", "..") for part in parts) or path.startswith("/"):
+            raise OSError(22, "invalid input path " + repr(path))
+        directory = "."
+        for part in parts[:-1]:
+            directory += "/" + part
+            try:
+                os.mkdir(directory, 0o755)
+            except FileExistsError:
+                pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+        try:
+            view = content
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+    job["files"] = []
+    if job["outputs"][0] > 0:
+        os.mkdir("out", 0o755)
+
+
+def _argument_problem(signature, args, kinds):
+    # Why main cannot be called as main() or main(**args), naming the
+    # arguments; None when it can. `kinds` is inspect.Parameter, bound
+    # before the script ran.
+    given = args or {}
+    try:
+        signature.bind(**given)
+        return None
+    except TypeError:
+        pass
+    parameters = signature.parameters.values()
+    takes_any = any(p.kind == kinds.VAR_KEYWORD for p in parameters)
+    named = {p.name for p in parameters if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)}
+    unexpected = [name for name in given if name not in named and not takes_any]
+    missing = [p.name for p in parameters
+               if p.default is kinds.empty and p.name not in given
+               and p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)]
+    positional = [p.name for p in parameters if p.kind == kinds.POSITIONAL_ONLY and p.name in given]
+    parts = []
+    if unexpected:
+        parts.append("does not accept the argument(s) " + ", ".join(repr(n) for n in unexpected))
+    if positional:
+        parts.append("takes " + ", ".join(repr(n) for n in positional) + " by position only")
+    if missing:
+        parts.append("needs the argument(s) " + ", ".join(repr(n) for n in missing) + ", which were not given")
+    if not parts:
+        parts.append("cannot be called with the arguments given")
+    text = "main() " + "; ".join(parts)
+    return text if len(text) <= 2000 else text[:2000] + "..."
+
+
+def _return_outputs(job, calls, result_fd, original):
+    # After main() returned: every other process of the run ends first (the
+    # runner is pid 1 of the run's PID namespace), so that none changes
+    # /tmp/out while it is read; then each entry goes to the host as an F
+    # record, without following links. The host checks the caps again.
+    # Returns why the caps were exceeded, or None. Descriptors are left to
+    # the process's end, which follows.
+    max_entries, max_bytes = job["outputs"]
+    if not original or max_entries == 0:
+        return None
+    nofollow = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        root = calls.open("out", nofollow | os.O_DIRECTORY)
+        if not calls.listdir(root):
+            return None
+    except OSError:
+        return None  # the script removed it: nothing to return
+    if calls.getpid() == 1:
+        try:
+            calls.kill(-1, 9)
+        except OSError:
+            pass
+        while True:
+            try:
+                calls.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+
+    def send(tag, path, data):
+        name = path.encode("utf-8")
+        calls.write_all(result_fd, b"F" + tag + calls.pack("<IQ", len(name), len(data)) + name + data)
+
+    def skip(path, why):
+        send(b"k", path, why.encode("utf-8", "backslashreplace"))
+
+    entries = 0
+    total = 0
+    pending = [(root, "", 0)]
+    while pending:
+        directory, prefix, depth = pending.pop()
+        subdirectories = []
+        for name in sorted(calls.listdir(directory)):
+            entries += 1
+            if entries > max_entries:
+                return "Output limit exceeded: /tmp/out holds more than " + str(max_entries) + " entries (output_files)"
+            path = prefix + name
+            try:
+                path.encode("utf-8")
+            except UnicodeEncodeError:
+                skip(path.encode("utf-8", "backslashreplace").decode("ascii", "replace"), "the name is not valid UTF-8")
+                continue
+            try:
+                info = calls.stat(name, dir_fd=directory, follow_symlinks=False)
+                if calls.is_dir(info.st_mode):
+                    if depth >= 32:
+                        skip(path, "nested too deeply")
+                    else:
+                        fd = calls.open(name, nofollow | os.O_DIRECTORY, dir_fd=directory)
+                        subdirectories.append((fd, path + "/", depth + 1))
+                    continue
+                if calls.is_link(info.st_mode):
+                    skip(path, "a symbolic link (never followed)")
+                    continue
+                if not calls.is_file(info.st_mode):
+                    skip(path, "not a regular file")
+                    continue
+                if info.st_nlink != 1:
+                    skip(path, "a hard link (the file has other names)")
+                    continue
+                fd = calls.open(name, nofollow | os.O_NONBLOCK, dir_fd=directory)
+            except OSError as error:
+                skip(path, "cannot be read: " + str(error))
+                continue
+            opened = calls.fstat(fd)
+            if not calls.is_file(opened.st_mode) or opened.st_nlink != 1 or opened.st_ino != info.st_ino:
+                skip(path, "changed while it was read")
+                calls.close(fd)
+                continue
+            room = max_bytes - total
+            chunks = []
+            size = 0
+            while size <= room:
+                chunk = calls.read(fd, min(1 << 20, room + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            calls.close(fd)
+            if size > room:
+                return ("Output limit exceeded: the files in /tmp/out hold more than " + str(max_bytes) +
+                        " bytes (output_files_bytes)")
+            total += size
+            send(b"f", path, b"".join(chunks))
+        calls.close(directory)
+        pending.extend(reversed(subdirectories))
+    return None
 
 
 def _defines_main(tree):

@@ -5,12 +5,14 @@
 #include "embedded.hpp"
 #include "envelope.hpp"
 #include "jail_command.hpp"
+#include "job.hpp"
 #include "seccomp_policy.hpp"
 #include "spawn.hpp"
 #include "uid_pool.hpp"
 #include "warm_pool.hpp"
 
 #include <atomic>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -84,6 +86,19 @@ bool has_kill_capability() {
     return false;
 }
 
+// A dotted Python name of ASCII identifiers ("matplotlib.pyplot").
+bool is_module_name(const std::string& name) {
+    bool start = true;
+    for (const char c : name) {
+        const bool letter = std::isalpha(static_cast<unsigned char>(c)) || c == '_';
+        if (c == '.' ? start : !(letter || (!start && std::isdigit(static_cast<unsigned char>(c))))) {
+            return false;
+        }
+        start = c == '.';
+    }
+    return !start && name.size() <= 200;
+}
+
 // Checks that need no process: the request is rejected before anything runs.
 std::optional<std::string> check_request(const Request& request, const Config& config) {
     if (request.script.size() > config.max_script_bytes) {
@@ -96,7 +111,7 @@ std::optional<std::string> check_request(const Request& request, const Config& c
     if (auto error = check_limits(request.limits, config.maxima)) {
         return "Invalid limits: " + *error;
     }
-    return std::nullopt;
+    return check_inputs(request, config.max_script_bytes);
 }
 
 Outcome rejected(Status status, std::string error, std::string detail = "") {
@@ -183,6 +198,9 @@ Outcome conclude(const Sandbox::Impl& impl, const Request& request, const SpawnR
     evidence.wait_status = spawned.wait_status;
     evidence.cpu = usage.has_cpu ? std::chrono::milliseconds(usage.cpu_microseconds / 1000) : spawned.cpu;
     evidence.report = parse_runner_report(spawned.result_bytes, request.mode);
+    // The caps on /tmp/out, counted on what arrived, whatever the runner said.
+    evidence.files_over = evidence.report.files.size() + evidence.report.skipped_files.size() > request.limits.output_files ||
+                          evidence.report.file_bytes > request.limits.output_files_bytes;
     if (evidence.report.kind && *evidence.report.kind == "ok") {
         if (evidence.report.body.size() > request.limits.result_bytes) {
             evidence.result_over = true;
@@ -202,6 +220,8 @@ Outcome conclude(const Sandbox::Impl& impl, const Request& request, const SpawnR
     outcome.detail = verdict.detail;
     if (verdict.status == Status::ok) {
         outcome.result_json = evidence.report.body;
+        outcome.files = std::move(evidence.report.files);
+        outcome.skipped_files = std::move(evidence.report.skipped_files);
     }
     outcome.script_started = evidence.report.started;
     outcome.cancelled = evidence.spawn_error.empty() && evidence.cancelled;
@@ -329,6 +349,12 @@ std::unique_ptr<Sandbox> Sandbox::create(const Config& config, std::string& erro
         impl->notes.push_back("not started as root: scripts run as this user's uid " + std::to_string(geteuid()));
     }
     if (config.warm) {
+        for (const auto& module : config.warm_preload) {
+            if (!is_module_name(module)) {
+                error = "Not a Python module name to preload: " + json_string(repair_utf8(module.substr(0, 100)));
+                return nullptr;
+            }
+        }
         if (config.warm_pool_size == 0) {
             error = "The warm pool needs at least one prepared child";
             return nullptr;
@@ -386,7 +412,7 @@ Outcome Sandbox::run(const Request& request) const noexcept {
         plan.mode = request.mode;
         plan.limits = request.limits;
         SpawnSpec spec = base_spawn(impl, plan);
-        spec.script = request.script;
+        spec.script = encode_job(request);
         spec.cgroup_join_fds = cgroup->join_fds();
         const RunCgroup* run_cgroup = impl.cgroups.version() != CgroupVersion::none ? cgroup.get() : nullptr;
         const SpawnResult spawned = spawn_and_supervise(spec, run_cgroup, cancel.fd());

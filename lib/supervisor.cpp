@@ -152,8 +152,7 @@ private:
                           // Room for the runner's marker and record header
                           // (see runner.py) besides the result itself, which
                           // conclude() checks against result_bytes.
-                          Drain(m_result.result_bytes, m_limits.result_bytes + k_channel_overhead,
-                                m_result.result_over),
+                          Drain(m_result.result_bytes, result_channel_bytes(m_limits), m_result.result_over),
                           Drain(m_result.jail_log, 64 * 1024, log_over)};
         Fd* sources[] = {&m_channels.out, &m_channels.err, &m_channels.result, &m_channels.log};
         constexpr Cause k_overflow[] = {Cause::stdout_limit, Cause::stderr_limit, Cause::result_limit};

@@ -25,6 +25,14 @@ class RunCgroup;
 // marker and its record header, or an error record's message.
 inline constexpr std::uint64_t k_channel_overhead = 64 * 1024;
 
+// The most the result channel may carry: the result, the files returned from
+// /tmp/out with their record headers and paths (or reasons), and the overhead.
+inline std::uint64_t result_channel_bytes(const Limits& limits) {
+    constexpr std::uint64_t k_file_record_bytes = 14 + 1024 + 4096;
+    return limits.result_bytes + k_channel_overhead + limits.output_files_bytes +
+           static_cast<std::uint64_t>(limits.output_files) * k_file_record_bytes;
+}
+
 // Why a run ended: the first of these the supervisor saw.
 enum class Cause {
     exited,        // the process ended by itself (and nothing below came first)

@@ -100,7 +100,7 @@ def _safepy_template():
             raise OSError(code, error.value.decode(errors="replace"))
 
     # What the runner imports for every run, then the heavy modules.
-    for name in ["ast", "inspect", "json", "linecache", "traceback", "types"] + sys.argv[4:]:
+    for name in ["ast", "inspect", "json", "linecache", "stat", "struct", "traceback", "types"] + sys.argv[4:]:
         __import__(name)
 
     control = socket.socket(fileno=control_fd)

@@ -1,5 +1,6 @@
 #include "warm_slot.hpp"
 
+#include "job.hpp"
 #include "spawn.hpp"
 #include "template_protocol.hpp"
 
@@ -180,7 +181,7 @@ bool start_run(Slot& slot, const Request& request, bool rlimit_memory, SlotPipes
         error = std::string("pipe2: ") + std::strerror(errno);
         return false;
     }
-    Fd script = sealed_memory_file(request.script);
+    Fd script = sealed_memory_file(encode_job(request));
     if (!script) {
         error = "cannot hold the script in memory";
         return false;

@@ -111,8 +111,13 @@ TEST(Supervisor, AnOverflowAfterATimeoutDoesNotOverwriteIt) {
 
 TEST(Supervisor, EachCapHasItsOwnCause) {
     EXPECT_EQ(run_shell("head -c 100000 /dev/zero >&2; sleep 30", small_limits()).result.cause, Cause::stderr_limit);
-    // The result channel allows the runner's overhead on top of result_bytes.
-    EXPECT_EQ(run_shell("head -c 200000 /dev/zero >&3; sleep 30", small_limits()).result.cause, Cause::result_limit);
+    // The result channel allows the runner's overhead and the files from
+    // /tmp/out on top of result_bytes.
+    Limits limits = small_limits();
+    limits.output_files = 1;
+    limits.output_files_bytes = 1000;
+    const std::string over = std::to_string(result_channel_bytes(limits) + 1);
+    EXPECT_EQ(run_shell("head -c " + over + " /dev/zero >&3; sleep 30", limits).result.cause, Cause::result_limit);
 }
 
 TEST(Supervisor, ACancelEndsARunInProgress) {

@@ -105,8 +105,8 @@ TEST(Envelope, DetailsAddStatusAndUsage) {
     outcome.jail = "bwrap";
     const std::string envelope = envelope_json(outcome, true);
     EXPECT_EQ(envelope.rfind(R"({"result": {}, "stdout": "", "status": "ok", "usage": {)", 0), 0u) << envelope;
-    EXPECT_NE(envelope.find(R"("wall_ms":42)"), std::string::npos) << envelope;
-    EXPECT_NE(envelope.find(R"("jail":"bwrap")"), std::string::npos) << envelope;
+    EXPECT_NE(envelope.find(R"("wall_ms": 42)"), std::string::npos) << envelope;
+    EXPECT_NE(envelope.find(R"("jail": "bwrap")"), std::string::npos) << envelope;
 }
 
 TEST(StringList, ParsesOnlyArraysOfStrings) {

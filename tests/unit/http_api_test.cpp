@@ -85,7 +85,8 @@ TEST(ExecuteBody, RejectsBadLimits) {
     EXPECT_EQ(rejected(R"({"script": "x", "limits": null})"), "\"limits\" must be an object");
     EXPECT_EQ(rejected(R"({"script": "x", "limits": {"wall": 1}})"),
               "Unknown limit \"wall\"; known limits: wall_ms, cpu_ms, memory_bytes, processes, tmp_bytes, "
-              "file_bytes, open_files, stdout_bytes, stderr_bytes, result_bytes, cpu_cores");
+              "file_bytes, open_files, stdout_bytes, stderr_bytes, result_bytes, cpu_cores, stdin_bytes, input_files, input_files_bytes, output_files, "
+              "output_files_bytes");
 }
 
 TEST(ExecuteBody, RequiresAStringScript) {
@@ -99,13 +100,13 @@ TEST(ExecuteBody, RequiresAStringScript) {
 
 TEST(ExecuteBody, RejectsUnknownFields) {
     EXPECT_EQ(rejected(R"({"script": "x", "timeout": 5})"),
-              "Unknown field \"timeout\"; the request accepts \"script\" and \"limits\"");
-    EXPECT_EQ(rejected(R"({"Script": "x"})"), "Unknown field \"Script\"; the request accepts \"script\" and \"limits\"");
+              "Unknown field \"timeout\"; the request accepts \"script\", \"limits\", \"args\", \"stdin\", \"stdin_base64\" and \"files\"");
+    EXPECT_EQ(rejected(R"({"Script": "x"})"), "Unknown field \"Script\"; the request accepts \"script\", \"limits\", \"args\", \"stdin\", \"stdin_base64\" and \"files\"");
     const std::string long_key(10000, 'k');
     EXPECT_EQ(rejected("{\"" + long_key + "\": 1}"),
-              "Unknown field \"" + std::string(64, 'k') + "\"...; the request accepts \"script\" and \"limits\"");
+              "Unknown field \"" + std::string(64, 'k') + "\"...; the request accepts \"script\", \"limits\", \"args\", \"stdin\", \"stdin_base64\" and \"files\"");
     EXPECT_EQ(rejected("{\"scrip\\u0074\": \"x\", \"x\\u0000\": 1}"),
-              "Unknown field \"x\\u0000\"; the request accepts \"script\" and \"limits\"");
+              "Unknown field \"x\\u0000\"; the request accepts \"script\", \"limits\", \"args\", \"stdin\", \"stdin_base64\" and \"files\"");
 }
 
 TEST(ExecuteBody, RejectsBodiesThatAreNotAnObject) {
@@ -147,6 +148,67 @@ TEST(ExecuteBody, RejectsDeepNestingWithoutRecursing) {
         EXPECT_EQ(rejected("{\"script\": \"x\", \"limits\": {\"wall_ms\": " + std::string(depth, '{')),
                   "limits.wall_ms must be a non-negative integer");
     }
+}
+
+TEST(ExecuteBody, TakesArgsAsJsonTextWithNumbersExact) {
+    const Request request = parsed(
+        R"({"script": "x", "args": {"n": 3, "big": 123456789012345678901234567890, "f": -1.5e3, "s": "\u00e9\"",)"
+        R"( "list": [1, [], {}, null, true, false], "nested": {"a": {"b": []}}}})");
+    ASSERT_TRUE(request.args_json);
+    EXPECT_EQ(*request.args_json,
+              "{\"n\": 3, \"big\": 123456789012345678901234567890, \"f\": -1.5e3, \"s\": \"\xc3\xa9\\\"\", "
+              "\"list\": [1, [], {}, null, true, false], \"nested\": {\"a\": {\"b\": []}}}");
+    EXPECT_EQ(parsed(R"({"script": "x", "args": {}})").args_json, "{}");
+    EXPECT_EQ(parsed(R"({"script": "x"})").args_json, std::nullopt);
+}
+
+TEST(ExecuteBody, RejectsArgsThatAreNotAnObject) {
+    const std::string message = "\"args\" must be a JSON object (names to values): main is called as main(**args)";
+    for (const char* args : {"[1, 2]", "3", "\"x\"", "null", "true"}) {
+        EXPECT_EQ(rejected(std::string(R"({"script": "x", "args": )") + args + "}"), message) << args;
+    }
+    EXPECT_EQ(rejected(R"({"script": "x", "args": {"a": 1, "a": 2}})"), "Duplicate key \"a\" in \"args\"");
+    EXPECT_EQ(rejected(R"({"script": "x", "args": {"o": {"k": 1, "k": 1}}})"), "Duplicate key \"k\" in \"args\"");
+    EXPECT_EQ(rejected(R"({"script": "x", "args": {}, "args": {}})"), "Duplicate field \"args\"");
+    EXPECT_NE(rejected("{\"script\": \"x\", \"args\": {\"a\": " + std::string(100, '[') + std::string(100, ']') + "}}")
+                  .find("not valid JSON"),
+              std::string::npos);
+}
+
+TEST(ExecuteBody, TakesStdinAsTextOrBase64) {
+    EXPECT_EQ(parsed(R"({"script": "x", "stdin": "a,b\n1,2\n"})").stdin_bytes, "a,b\n1,2\n");
+    EXPECT_EQ(parsed(R"({"script": "x", "stdin_base64": "AP8K"})").stdin_bytes, std::string("\0\xff\n", 3));
+    EXPECT_EQ(rejected(R"({"script": "x", "stdin_base64": "AP8"})"), "\"stdin_base64\" is not valid base64");
+    EXPECT_EQ(rejected(R"({"script": "x", "stdin": "a", "stdin_base64": "YQ=="})"),
+              "Give \"stdin\" or \"stdin_base64\", not both");
+    EXPECT_EQ(rejected(R"({"script": "x", "stdin": 5})"), "\"stdin\" must be a string");
+    EXPECT_EQ(rejected(R"({"script": "x", "stdin_base64": ["YQ=="]})"), "\"stdin_base64\" must be a string of base64");
+}
+
+TEST(ExecuteBody, TakesFilesWithTextOrBase64Content) {
+    const Request request = parsed(
+        R"({"script": "x", "files": [{"path": "data.csv", "content": "a,b"}, {"content_base64": "iVBO", "path": "in/p.png"}]})");
+    EXPECT_EQ(request.files, (std::vector<File>{{"data.csv", "a,b"}, {"in/p.png", "\x89PN"}}));
+    EXPECT_TRUE(parsed(R"({"script": "x", "files": []})").files.empty());
+    EXPECT_EQ(rejected(R"({"script": "x", "files": {"path": "a"}})"),
+              "\"files\" must be an array of {\"path\": ..., \"content_base64\": ...} objects");
+    EXPECT_EQ(rejected(R"({"script": "x", "files": ["a"]})"),
+              "files[0] must be an object with \"path\" and \"content\" or \"content_base64\"");
+    EXPECT_EQ(rejected(R"({"script": "x", "files": [{"path": "a", "content": ""}, {"content": ""}]})"),
+              "files[1] has no \"path\"");
+    EXPECT_EQ(rejected(R"({"script": "x", "files": [{"path": "a"}]})"),
+              "files[0] needs one of \"content\" and \"content_base64\"");
+    EXPECT_EQ(rejected(R"({"script": "x", "files": [{"path": "a", "content": "", "content_base64": ""}]})"),
+              "files[0] needs one of \"content\" and \"content_base64\"");
+    EXPECT_EQ(rejected(R"({"script": "x", "files": [{"path": "a", "path": "b", "content": ""}]})"),
+              "files[0]: duplicate field \"path\"");
+    EXPECT_EQ(rejected(R"({"script": "x", "files": [{"path": "a", "mode": 511, "content": ""}]})"),
+              "files[0]: unknown field \"mode\"; a file has \"path\" and \"content\" or \"content_base64\"");
+    EXPECT_EQ(rejected(R"({"script": "x", "files": [{"path": 1, "content": ""}]})"), "files[0].path must be a string");
+    EXPECT_EQ(rejected(R"({"script": "x", "files": [{"path": "a", "content_base64": "!!"}]})"),
+              "files[0].content_base64 is not valid base64");
+    EXPECT_EQ(rejected(R"({"script": "x", "files": [[]]})"),
+              "files[0] must be an object with \"path\" and \"content\" or \"content_base64\"");
 }
 
 TEST(ExecuteBody, KeepsAHugeScriptWhole) {

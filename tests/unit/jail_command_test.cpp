@@ -20,7 +20,8 @@ JailPlan plan_for(JailKind kind) {
 const std::vector<std::string> k_environment_bwrap = {
     "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp",
     "--setenv", "LANG", "C.UTF-8", "--setenv", "LC_ALL", "C.UTF-8", "--setenv", "OPENBLAS_NUM_THREADS", "1",
-    "--setenv", "OMP_NUM_THREADS", "1", "--setenv", "MKL_NUM_THREADS", "1"};
+    "--setenv", "OMP_NUM_THREADS", "1", "--setenv", "MKL_NUM_THREADS", "1", "--setenv", "MPLBACKEND", "Agg",
+    "--setenv", "MATPLOTLIBRC", "/usr/share/matplotlib/mpl-data/matplotlibrc"};
 
 TEST(JailCommand, BwrapGolden) {
     std::vector<std::string> expected = {

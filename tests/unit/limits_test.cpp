@@ -60,7 +60,7 @@ TEST(Limits, CheckLimitsFindsAnyFieldOverTheMaxima) {
 }
 
 TEST(Limits, EveryFieldHasANameAndSummary) {
-    EXPECT_EQ(limit_fields().size(), 11u);
+    EXPECT_EQ(limit_fields().size(), 16u);
     for (const auto& field : limit_fields()) {
         EXPECT_FALSE(field.summary.empty()) << field.name;
         EXPECT_TRUE(get_limit(Limits{}, field.name).has_value()) << field.name;

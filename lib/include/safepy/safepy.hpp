@@ -51,6 +51,11 @@ struct Limits {
     std::uint64_t stderr_bytes = 1ull << 20;
     std::uint64_t result_bytes = 16ull << 20;  // main()'s serialised return value
     std::uint32_t cpu_cores = 1;  // CPU quota: at most this many CPUs' worth of time at once
+    std::uint64_t stdin_bytes = 16ull << 20;        // the script's stdin (Request::stdin_bytes)
+    std::uint32_t input_files = 100;                // files handed in (Request::files)
+    std::uint64_t input_files_bytes = 16ull << 20;  // their bytes in all
+    std::uint32_t output_files = 100;               // entries under /tmp/out when main() returns
+    std::uint64_t output_files_bytes = 16ull << 20; // the bytes of the files returned from /tmp/out
 
     bool operator==(const Limits&) const = default;
 };
@@ -108,7 +113,8 @@ std::optional<std::uint64_t> parse_quantity(std::string_view text);
 // Reads the limit called `name`; empty when unknown.
 std::optional<std::uint64_t> get_limit(const Limits& limits, std::string_view name);
 
-// An error message when any limit is zero or above `maxima`.
+// An error message when any limit is below its minimum (zero for most; the
+// input and output caps may be zero) or above `maxima`.
 std::optional<std::string> check_limits(const Limits& limits, const Limits& maxima);
 
 enum class Mode {
@@ -116,10 +122,28 @@ enum class Mode {
     check,  // compile it and look for a top-level main, without executing it
 };
 
+// A file handed to a run or returned by one. `path` is relative: to the run's
+// working directory (/tmp) for a file in, to /tmp/out for a file out; its
+// components are never empty, "." or "..", and it is valid UTF-8.
+struct File {
+    std::string path;
+    std::string content;
+
+    bool operator==(const File&) const = default;
+};
+
 struct Request {
     std::string script;  // Python source; UTF-8 expected, validated by Python
     Limits limits;
     Mode mode = Mode::run;
+    // Run mode only. A JSON object's text: main is called as main(**args).
+    // Empty: main() is called without arguments.
+    std::optional<std::string> args_json;
+    std::string stdin_bytes;  // the script's stdin (at most limits.stdin_bytes); empty: an empty stdin
+    // Placed read-only in the working directory (/tmp) before the script
+    // runs; at most limits.input_files of them and limits.input_files_bytes
+    // in all, and they count against tmp_bytes and memory_bytes.
+    std::vector<File> files;
 };
 
 enum class JailKind { automatic, nsjail, bwrap };
@@ -181,6 +205,10 @@ struct Outcome {
     bool cancelled = false;       // Sandbox::cancel_all ended it (a sandbox_error); a run that ended on its own never is
     bool stdout_truncated = false;
     bool stderr_truncated = false;
+    // Ok runs: the regular files the run left under /tmp/out, by path. What
+    // was not returned (links, special files) is listed as "path: why".
+    std::vector<File> files;
+    std::vector<std::string> skipped_files;
     Usage usage;
     std::string jail;              // "nsjail" or "bwrap"; empty when nothing ran
     std::string resource_control;  // "cgroup-v2", "cgroup-v1" or "rlimits-only"
@@ -188,11 +216,24 @@ struct Outcome {
 };
 
 // Serialises an outcome as the JSON envelope:
-//   ok:    {"result": <value>, "stdout": "..."}
+//   ok:    {"result": <value>, "stdout": "..."[, "files": [...]][, "files_skipped": [...]]}
 //   error: {"error": "...", "status": "<status_name>"[, "stdout": "...", "stderr": "..."]}
+// "files" (only when the run left any) lists {"path", "size", "content_base64"};
+// without `file_contents` each entry has only "path" and "size".
 // With `with_details`, "status" is always present and "usage" is added.
 // Invalid UTF-8 in the output is replaced by U+FFFD.
-std::string envelope_json(const Outcome& outcome, bool with_details = false);
+std::string envelope_json(const Outcome& outcome, bool with_details = false, bool file_contents = true);
+
+// Writes an ok run's files under `dir` (created if missing; its parent must
+// exist). Never follows a link: a path through a symbolic link, or onto one,
+// is refused. An existing file is refused unless `force`, and then replaced.
+// Every path is checked before any file is written. An error message, or
+// empty when every file was written.
+std::optional<std::string> write_output_files(const std::string& dir, const std::vector<File>& files, bool force);
+
+// Why `path` cannot name a file handed to or returned by a run (see File);
+// empty when it can.
+std::optional<std::string> check_file_path(std::string_view path);
 
 // The CLI's exit code for a status: 0 ok, 1 the script failed, 2 usage or
 // invalid request, 3 the sandbox failed.
