@@ -73,7 +73,7 @@ COPY --from=safepy-build /out/runtime-packages /tmp/runtime-packages
 # pandas without recommends: they pull pythran and a C++ compiler.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      python3 python3-numpy python3-pandas \
+      python3 python3-numpy python3-pandas python3-matplotlib \
       libprotobuf32 libnl-route-3-200 \
       $(cat /tmp/runtime-packages) \
  && apt-get clean \

@@ -8,6 +8,8 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace {
 
@@ -23,9 +25,21 @@ struct Options {
     std::string mode = "cold";
 };
 
-// Reads at most `cap` + 1 bytes, so that an oversized script is reported by
+// What `safepy run` hands to the script and does with what comes back.
+struct RunInputs {
+    std::string args;       // JSON text, as typed
+    std::string args_file;
+    std::vector<std::string> files;  // PATH or NAME=PATH
+    std::string stdin_file;          // read instead of stdin
+    bool no_stdin = false;
+    std::string output_dir;
+    bool force = false;
+    bool result_only = false;
+};
+
+// Reads at most `cap` + 1 bytes, so that an oversized input is reported by
 // the library rather than read whole.
-bool read_script(const std::string& path, std::size_t cap, std::string& script, std::string& error) {
+bool read_script(const std::string& path, std::uint64_t cap, std::string& script, std::string& error) {
     std::ifstream file;
     std::istream* in = &std::cin;
     if (path != "-") {
@@ -36,7 +50,7 @@ bool read_script(const std::string& path, std::size_t cap, std::string& script, 
         }
         in = &file;
     }
-    script.resize(cap + 1);
+    script.resize(static_cast<std::size_t>(cap) + 1);
     in->read(script.data(), static_cast<std::streamsize>(script.size()));
     script.resize(static_cast<std::size_t>(in->gcount()));
     if (in->bad()) {
@@ -102,7 +116,63 @@ std::unique_ptr<safepy::Sandbox> make_sandbox(Options& options) {
     return sandbox;
 }
 
-int run_command(Options& options, const std::string& path) {
+bool is_regular_file(const std::string& path) {
+    struct stat info {};
+    return stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode);
+}
+
+// The script's stdin: --stdin-file, else this process's stdin when it is a
+// pipe or a file (not a terminal, and not already the script).
+bool read_stdin(const RunInputs& inputs, const std::string& script_path, std::uint64_t cap, std::string& bytes,
+                std::string& error) {
+    if (!inputs.stdin_file.empty()) {
+        return read_script(inputs.stdin_file, cap, bytes, error);
+    }
+    struct stat info {};
+    if (inputs.no_stdin || script_path == "-" || fstat(0, &info) != 0 || isatty(0) ||
+        !(S_ISFIFO(info.st_mode) || S_ISREG(info.st_mode) || S_ISSOCK(info.st_mode))) {
+        return true;
+    }
+    return read_script("-", cap, bytes, error);
+}
+
+// Turns the run's flags into the request's args, stdin and files.
+bool read_inputs(const RunInputs& inputs, const std::string& script_path, safepy::Request& request,
+                 std::string& error) {
+    if (!inputs.args.empty() && !inputs.args_file.empty()) {
+        error = "give --args or --args-file, not both";
+        return false;
+    }
+    if (!inputs.args.empty()) {
+        request.args_json = inputs.args;
+    } else if (!inputs.args_file.empty()) {
+        std::string text;
+        if (!read_script(inputs.args_file, 1u << 20, text, error)) {
+            return false;
+        }
+        request.args_json = std::move(text);
+    }
+    if (!read_stdin(inputs, script_path, request.limits.stdin_bytes, request.stdin_bytes, error)) {
+        return false;
+    }
+    for (const auto& spec : inputs.files) {
+        const auto equals = spec.find('=');
+        const std::string host_path = equals == std::string::npos ? spec : spec.substr(equals + 1);
+        std::string name = equals == std::string::npos ? host_path.substr(host_path.rfind('/') + 1) : spec.substr(0, equals);
+        if (!is_regular_file(host_path)) {
+            error = "--file " + spec + ": " + host_path + " is not a readable regular file";
+            return false;
+        }
+        safepy::File file{std::move(name), {}};
+        if (!read_script(host_path, request.limits.input_files_bytes, file.content, error)) {
+            return false;
+        }
+        request.files.push_back(std::move(file));
+    }
+    return true;
+}
+
+int run_command(Options& options, const std::string& path, const RunInputs& inputs) {
     safepy::Request request;
     request.limits = safepy::fit_defaults(options.config.defaults, options.config.maxima);
     if (auto error = build_limits(options, request.limits)) {
@@ -110,7 +180,8 @@ int run_command(Options& options, const std::string& path) {
         return k_usage_error;
     }
     std::string error;
-    if (!read_script(path, options.config.max_script_bytes, request.script, error)) {
+    if (!read_script(path, options.config.max_script_bytes, request.script, error) ||
+        !read_inputs(inputs, path, request, error)) {
         std::cerr << "safepy: " << error << "\n";
         return k_usage_error;
     }
@@ -119,11 +190,27 @@ int run_command(Options& options, const std::string& path) {
         return k_sandbox_failed;
     }
     const safepy::Outcome outcome = sandbox->run(request);
-    std::cout << safepy::envelope_json(outcome, options.details) << "\n";
+    int code = safepy::exit_code(outcome.status);
+    if (!inputs.output_dir.empty() && outcome.status == safepy::Status::ok) {
+        if (auto problem = safepy::write_output_files(inputs.output_dir, outcome.files, inputs.force)) {
+            std::cerr << "safepy: cannot write the run's files: " << *problem << "\n";
+            code = k_usage_error;
+        }
+    }
+    const bool contents = inputs.output_dir.empty();
+    if (inputs.result_only && outcome.status == safepy::Status::ok) {
+        std::cout << outcome.result_json << "\n";
+        if (contents && !outcome.files.empty()) {
+            std::cerr << "safepy: the run returned " << outcome.files.size()
+                      << " file(s) from /tmp/out; --output-dir DIR writes them\n";
+        }
+    } else {
+        (inputs.result_only ? std::cerr : std::cout) << safepy::envelope_json(outcome, options.details, contents) << "\n";
+    }
     if (!outcome.detail.empty()) {
         std::cerr << "safepy: " << outcome.detail << "\n";
     }
-    return safepy::exit_code(outcome.status);
+    return code;
 }
 
 int check_command(Options& options, const std::vector<std::string>& paths) {
@@ -205,9 +292,23 @@ int main(int argc, char** argv) {
     Options options;
 
     std::string path;
+    RunInputs inputs;
     auto* run = app.add_subcommand("run", "run FILE (or - for stdin) and print the JSON envelope");
     run->add_option("file", path, "the script, or - to read it from stdin")->required();
     run->add_flag("--details", options.details, "add \"status\" and \"usage\" (time, memory) to the envelope");
+    run->add_option("--args", inputs.args, "a JSON object: main is called as main(**ARGS)");
+    run->add_option("--args-file", inputs.args_file, "read --args from FILE");
+    run->add_option("--file", inputs.files,
+                    "hand a file to the run, read-only in its working directory: PATH (as its base name) or NAME=PATH")
+        ->allow_extra_args(false);
+    run->add_option("--stdin-file", inputs.stdin_file, "the script's stdin, from FILE");
+    run->add_flag("--no-stdin", inputs.no_stdin,
+                  "give the script an empty stdin (default: safepy's own stdin when it is a pipe or a file)");
+    run->add_option("--output-dir", inputs.output_dir,
+                    "write the files the run left under /tmp/out into DIR (the envelope then lists them without content)");
+    run->add_flag("--force", inputs.force, "with --output-dir: replace files that exist");
+    run->add_flag("--result-only", inputs.result_only,
+                  "print only main()'s result as JSON (for jq); on failure the envelope goes to stderr");
     run->add_option("--mode", options.mode,
                     "cold: a fresh jail; warm: through a warm template, as the server runs it (slower for one run)")
         ->check(CLI::IsMember({"cold", "warm"}))
@@ -231,7 +332,7 @@ int main(int argc, char** argv) {
         return code == 0 ? 0 : k_usage_error;
     }
     if (*run) {
-        return run_command(options, path);
+        return run_command(options, path, inputs);
     }
     if (*check) {
         return check_command(options, paths);

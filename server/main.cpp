@@ -163,6 +163,11 @@ void add_options(CLI::App& app, Options& options) {
                             "cold: a fresh jail per run")
                  ->check(CLI::IsMember({"warm", "cold"})),
              "SAFEPY_MODE");
+    with_env(app.add_option("--warm-preload", options.config.warm_preload,
+                            "modules the warm template imports once for every run, comma-separated "
+                            "(add matplotlib.pyplot for plotting: about 0.5 s less per run that uses it)")
+                 ->delimiter(','),
+             "SAFEPY_WARM_PRELOAD");
     with_env(app.add_option("--warm-pool", options.config.warm_pool_size,
                             "warm mode: sandboxes kept prepared ahead of demand")
                  ->check(CLI::Range(1, 256)),
