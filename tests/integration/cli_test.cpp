@@ -1,4 +1,6 @@
 // The safepy binary as a user runs it: envelope on stdout, documented exit codes.
+#include "cli_runner.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -11,40 +13,7 @@
 
 namespace {
 
-struct CliResult {
-    int exit_code = -1;
-    std::string out;
-    std::string err;
-};
-
-std::string slurp(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    return buffer.str();
-}
-
-// Runs a shell command with its stdout and stderr in DIR/out and DIR/err.
-CliResult run_shell(const std::string& command, const std::string& dir) {
-    const int status = std::system((command + " > " + dir + "/out 2> " + dir + "/err").c_str());
-    CliResult result;
-    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    result.out = slurp(dir + "/out");
-    result.err = slurp(dir + "/err");
-    return result;
-}
-
-// Runs `safepy ARGS` through the shell with `input` on stdin.
-CliResult run_cli(const std::string& args, const std::string& input = "") {
-    char dir_template[] = "/tmp/safepy-cli-test-XXXXXX";
-    const std::string dir = mkdtemp(dir_template);
-    std::ofstream(dir + "/in", std::ios::binary) << input;
-    const CliResult result = run_shell(std::string("cd ") + SAFEPY_SCRIPTS_DIR + " && " + SAFEPY_CLI_PATH + " " +
-                                           args + " < " + dir + "/in",
-                                       dir);
-    std::system(("rm -rf " + dir).c_str());
-    return result;
-}
+using namespace safepy::cli_testing;
 
 TEST(Cli, RunPrintsTheEnvelopeAndExitsZero) {
     const CliResult result = run_cli("run --jail bwrap hello.py");
@@ -164,7 +133,7 @@ TEST(Cli, WithoutACgroupRlimitsStillEnforceMemory) {
                       "--cpu-ms 60000 memory_bomb.py");
     EXPECT_EQ(memory.exit_code, 1) << memory.err;
     EXPECT_NE(memory.out.find("\"status\": \"memory_limit\""), std::string::npos) << memory.out.substr(0, 300);
-    EXPECT_NE(memory.out.find("\"resource_control\":\"rlimits-only\""), std::string::npos) << memory.out.substr(0, 300);
+    EXPECT_NE(memory.out.find("\"resource_control\": \"rlimits-only\""), std::string::npos) << memory.out.substr(0, 300);
     // No fork bomb here: without a cgroup, RLIMIT_NPROC is one budget for
     // every process of uid 65534 on the host (the README's known limitations),
     // so a bomb would starve the other tests' sandboxes.

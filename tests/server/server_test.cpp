@@ -44,7 +44,7 @@ TEST_F(ServerTest, DetailsAddStatusAndUsage) {
     EXPECT_EQ(res->body.rfind(R"({"result": {"result": "Hello, World!"}, "stdout": "", "status": "ok", "usage": {"wall_ms":)", 0),
               0u)
         << res->body;
-    EXPECT_NE(res->body.find(R"("jail":"bwrap")"), std::string::npos) << res->body;
+    EXPECT_NE(res->body.find(R"("jail": "bwrap")"), std::string::npos) << res->body;
 }
 
 TEST_F(ServerTest, ScriptFailuresAre422WithTheirStatus) {
@@ -66,7 +66,7 @@ TEST_F(ServerTest, RequestErrorsAre400) {
     EXPECT_EQ(bad_request_message(R"({"script": 42})"), R"(\"script\" must be a string)");
     EXPECT_EQ(bad_request_message(R"({"script": null})"), R"(\"script\" must be a string)");
     EXPECT_EQ(bad_request_message(R"({"code": "x"})"),
-              R"(Unknown field \"code\"; the request accepts \"script\" and \"limits\")");
+              R"(Unknown field \"code\"; the request accepts \"script\", \"limits\", \"args\", \"stdin\", \"stdin_base64\" and \"files\")");
     EXPECT_EQ(bad_request_message(R"({"limits": {}})"), R"(Missing field \"script\")");
     EXPECT_EQ(bad_request_message("{}"), R"(Missing field \"script\")");
     EXPECT_EQ(bad_request_message(execute_body("def main(): return {}", R"({"wall_ms": 300001})")),
@@ -726,6 +726,66 @@ TEST(ServerBinary, SigtermFinishesTheRunInFlightAndExitsZero) {
     EXPECT_EQ(WEXITSTATUS(status), 0) << log;
     EXPECT_NE(log.find(R"("event":"stopping","signal":"SIGTERM")"), std::string::npos) << log;
     EXPECT_NE(log.find(R"("event":"stopped","killed_runs":0)"), std::string::npos) << log;
+}
+
+}  // namespace
+}  // namespace safepy::server
+
+namespace safepy::server {
+namespace {
+
+using namespace test_support;
+
+// POST /execute with args, stdin and files in, and the files a run leaves in
+// /tmp/out back as base64, cold and warm.
+class ServerIoTest : public ServerFixture, public ::testing::WithParamInterface<bool> {};
+
+INSTANTIATE_TEST_SUITE_P(Modes, ServerIoTest, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "warm" : "cold"; });
+
+TEST_P(ServerIoTest, ArgsStdinAndFilesInAndOut) {
+    ASSERT_NO_FATAL_FAILURE(start({}, "", GetParam()));
+    const std::string script =
+        "import sys\n"
+        "def main(n, label):\n"
+        "    data = sys.stdin.read()\n"
+        "    table = open('in/table.csv').read()\n"
+        "    with open('/tmp/out/copy.txt', 'w') as f:\n"
+        "        f.write(label * n)\n"
+        "    return {'stdin': data, 'table': table}\n";
+    const std::string body = "{\"script\": " + json_quote(script) +
+                             ", \"args\": {\"n\": 3, \"label\": \"ab\"}, \"stdin\": \"piped\\n\", "
+                             "\"files\": [{\"path\": \"in/table.csv\", \"content_base64\": \"YSxiCjEsMgo=\"}]}";
+    const auto res = execute(body);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << res->body;
+    EXPECT_EQ(res->body, R"({"result": {"stdin": "piped\n", "table": "a,b\n1,2\n"}, "stdout": "", )"
+                         R"("files": [{"path": "copy.txt", "size": 6, "content_base64": "YWJhYmFi"}]})");
+}
+
+TEST_P(ServerIoTest, HostileInputsAre400WithoutARun) {
+    ASSERT_NO_FATAL_FAILURE(start({}, "", GetParam()));
+    const std::string script = json_quote("def main():\n    return {}\n");
+    EXPECT_EQ(bad_request_message("{\"script\": " + script +
+                                  ", \"files\": [{\"path\": \"../../etc/passwd\", \"content\": \"x\"}]}"),
+              R"(Input file \"../../etc/passwd\": the path has a \"..\" component)");
+    EXPECT_EQ(bad_request_message("{\"script\": " + script + ", \"files\": [{\"path\": \"/etc/passwd\", \"content\": \"x\"}]}"),
+              R"(Input file \"/etc/passwd\": the path is absolute; it must be relative to the working directory)");
+    EXPECT_EQ(bad_request_message("{\"script\": " + script + ", \"args\": [1]}"),
+              R"(\"args\" must be a JSON object (names to values): main is called as main(**args))");
+    EXPECT_EQ(bad_request_message("{\"script\": " + script + ", \"stdin\": \"12345\", \"limits\": {\"stdin_bytes\": 4}}"),
+              "stdin is larger than the limit of 4 bytes (stdin_bytes)");
+}
+
+TEST_P(ServerIoTest, TenThousandOutputFilesAre422) {
+    ASSERT_NO_FATAL_FAILURE(start({}, "", GetParam()));
+    const auto res = execute(execute_body("def main():\n    for i in range(10000):\n"
+                                          "        open('/tmp/out/f%d' % i, 'w').close()\n    return {}\n",
+                                          R"({"wall_ms": 60000, "cpu_ms": 60000})"));
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 422) << res->body;
+    EXPECT_NE(res->body.find("\"status\": \"output_limit\""), std::string::npos) << res->body;
+    EXPECT_EQ(res->body.find("\"files\""), std::string::npos) << res->body.substr(0, 300);
 }
 
 }  // namespace
