@@ -117,6 +117,21 @@ TEST_P(IoTest, FilesInAreReadOnlyInTheWorkingDirectory) {
     EXPECT_TRUE(outcome.files.empty());
 }
 
+// The files handed in live in the run's /tmp: their pages are the run's memory.
+TEST_P(IoTest, FilesInCountAgainstTheRunsMemory) {
+    Request request;
+    request.script = "def main():\n    block = bytearray(70 << 20)\n    return {'allocated': len(block)}\n";
+    request.limits = roomy_limits();
+    request.limits.memory_bytes = 128u << 20;
+    request.limits.tmp_bytes = 100u << 20;
+    request.limits.input_files_bytes = 80u << 20;
+    const Outcome alone = run_request(request);
+    ASSERT_EQ(alone.status, Status::ok) << alone.error << alone.stderr_bytes;
+    request.files = {{"big.bin", std::string(64u << 20, 'x')}};
+    const Outcome with_file = run_request(request);
+    EXPECT_EQ(with_file.status, Status::memory_limit) << with_file.error << with_file.stderr_bytes;
+}
+
 TEST_P(IoTest, FilesInThatEscapeNeverRun) {
     for (const char* path : {"../../etc/cron.d/x", "/etc/passwd", "a/../../b", "out/forged.txt", ""}) {
         Request request = request_for("files_in.py");
