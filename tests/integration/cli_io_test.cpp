@@ -40,6 +40,10 @@ TEST_F(CliIo, ArgsAndArgsFileCallMainWithKeywords) {
     EXPECT_EQ(unknown.exit_code, 1);
     EXPECT_NE(unknown.out.find("main() does not accept the argument(s) 'm'"), std::string::npos) << unknown.out;
     EXPECT_EQ(run_cli("run --jail bwrap io/args.py --args '{}' --args-file " + m_dir + "/args.json").exit_code, 2);
+    write("star.py", "def main(*args):\n    return list(args)\n");
+    const CliResult star = run_cli("run --jail bwrap --no-stdin " + m_dir + "/star.py --args '{\"n\": 3}'");
+    EXPECT_EQ(star.exit_code, 1);
+    EXPECT_NE(star.out.find("main() does not accept the argument(s) 'n'"), std::string::npos) << star.out;
 }
 
 TEST_F(CliIo, APipelinesStdinReachesTheScript) {
@@ -101,6 +105,31 @@ TEST_F(CliIo, OutputDirNeverFollowsALinkOut) {
     EXPECT_NE(result.err.find("is a link or not a directory: refusing to follow it"), std::string::npos) << result.err;
     EXPECT_EQ(access((elsewhere + "/deeper").c_str(), F_OK), -1);
     EXPECT_EQ(access((out + "/report.txt").c_str(), F_OK), -1);  // nothing half-written
+}
+
+TEST_F(CliIo, HostileTmpOutNeverReachesTheOutputDir) {
+    const std::string out = m_dir + "/results";
+    const CliResult links = run_cli("run --jail bwrap --no-stdin io/links_out.py --output-dir " + out);
+    EXPECT_EQ(links.exit_code, 0) << links.err;
+    EXPECT_NE(links.out.find("\"files_skipped\": [\"fifo: not a regular file\", \"passwd: a symbolic link"),
+              std::string::npos)
+        << links.out;
+    EXPECT_EQ(slurp(out + "/plain.txt"), "plain");
+    for (const char* name : {"passwd", "root", "secret-link", "secret-hard", "fifo"}) {
+        struct stat info {};
+        EXPECT_NE(lstat((out + "/" + name).c_str(), &info), 0) << name;
+    }
+    const CliResult many = run_cli("run --jail bwrap --no-stdin --wall-ms 60000 --cpu-ms 60000 io/many_files_out.py "
+                                   "--output-dir " + m_dir + "/many");
+    EXPECT_EQ(many.exit_code, 1);
+    EXPECT_NE(many.out.find("\"status\": \"output_limit\""), std::string::npos) << many.out;
+    const CliResult huge = run_cli("run --jail bwrap --no-stdin --wall-ms 60000 --cpu-ms 60000 io/huge_file_out.py "
+                                   "--output-dir " + m_dir + "/huge");
+    EXPECT_EQ(huge.exit_code, 1);
+    EXPECT_NE(huge.out.find("(output_files_bytes)"), std::string::npos) << huge.out;
+    // Nothing of a failed run is written.
+    EXPECT_EQ(access((m_dir + "/many").c_str(), F_OK), -1);
+    EXPECT_EQ(access((m_dir + "/huge").c_str(), F_OK), -1);
 }
 
 TEST_F(CliIo, ResultOnlyPrintsJustTheResultForJq) {

@@ -777,6 +777,34 @@ TEST_P(ServerIoTest, HostileInputsAre400WithoutARun) {
               "stdin is larger than the limit of 4 bytes (stdin_bytes)");
 }
 
+TEST_P(ServerIoTest, LinksInTmpOutAreSkippedAndAStarArgsMainTakesNoNames) {
+    ASSERT_NO_FATAL_FAILURE(start({}, "", GetParam()));
+    const auto links = execute(execute_body(
+        "import os\ndef main():\n    os.symlink('/etc/passwd', '/tmp/out/passwd')\n"
+        "    open('/tmp/secret', 'w').write('s')\n    os.link('/tmp/secret', '/tmp/out/hard')\n    return {}\n"));
+    ASSERT_TRUE(links);
+    EXPECT_EQ(links->status, 200) << links->body;
+    EXPECT_EQ(links->body, R"x({"result": {}, "stdout": "", "files_skipped": ["hard: a hard link (the file has other names)", )x"
+                           R"x("passwd: a symbolic link (never followed)"]})x");
+    const auto star = execute("{\"script\": " + json_quote("def main(*args):\n    return list(args)\n") +
+                              ", \"args\": {\"n\": 1}}");
+    ASSERT_TRUE(star);
+    EXPECT_EQ(star->status, 422) << star->body;
+    EXPECT_NE(star->body.find("main() does not accept the argument(s) 'n'"), std::string::npos) << star->body;
+}
+
+TEST_P(ServerIoTest, AGigabyteOutputFileIs422) {
+    ASSERT_NO_FATAL_FAILURE(start({}, "", GetParam()));
+    const auto res = execute(execute_body("def main():\n    chunk = b'x' * (1 << 20)\n    written = 0\n"
+                                          "    try:\n        with open('/tmp/out/huge', 'wb') as f:\n"
+                                          "            for _ in range(1024):\n                f.write(chunk)\n"
+                                          "    except OSError:\n        pass\n    return {}\n",
+                                          R"({"wall_ms": 60000, "cpu_ms": 60000, "file_bytes": 33554432})"));
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 422) << res->body.substr(0, 300);
+    EXPECT_NE(res->body.find("(output_files_bytes)"), std::string::npos) << res->body.substr(0, 300);
+}
+
 TEST_P(ServerIoTest, TenThousandOutputFilesAre422) {
     ASSERT_NO_FATAL_FAILURE(start({}, "", GetParam()));
     const auto res = execute(execute_body("def main():\n    for i in range(10000):\n"
