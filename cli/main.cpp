@@ -1,8 +1,12 @@
 // safepy: run a Python script's main() in a sandbox and print the envelope.
+#include "safepy/check.hpp"
 #include "safepy/options.hpp"
 #include "safepy/safepy.hpp"
 
 #include <CLI/CLI.hpp>
+
+#include <atomic>
+#include <thread>
 
 #include <cstdio>
 #include <fstream>
@@ -213,33 +217,78 @@ int run_command(Options& options, const std::string& path, const RunInputs& inpu
     return code;
 }
 
-int check_command(Options& options, const std::vector<std::string>& paths) {
+struct CheckOptions {
+    std::string format = "text";
+    std::size_t jobs = 1;
+    bool run = false;  // also run each script and require status ok
+};
+
+// One file's verdict: the check, then with --run the run.
+safepy::CheckedFile check_file(const safepy::Sandbox& sandbox, const Options& options, const CheckOptions& check,
+                               const safepy::Limits& limits, const std::string& path) {
+    safepy::CheckedFile file{path, safepy::Status::ok, ""};
+    safepy::Request request;
+    request.mode = safepy::Mode::check;
+    std::string error;
+    if (!read_script(path, options.config.max_script_bytes, request.script, error)) {
+        return {path, safepy::Status::invalid_request, error};
+    }
+    for (const safepy::Mode mode : {safepy::Mode::check, safepy::Mode::run}) {
+        if (mode == safepy::Mode::run && !check.run) {
+            break;
+        }
+        request.mode = mode;
+        request.limits = limits;
+        const safepy::Outcome outcome = sandbox.run(request);
+        if (outcome.status != safepy::Status::ok) {
+            file.status = outcome.status;
+            file.error = outcome.error;
+            if (!outcome.detail.empty()) {
+                std::cerr << "safepy: " << path << ": " << outcome.detail << "\n";
+            }
+            break;
+        }
+    }
+    return file;
+}
+
+int check_command(Options& options, const std::vector<std::string>& inputs, const CheckOptions& check) {
+    const auto format = safepy::parse_check_format(check.format);
+    const safepy::ScriptList scripts = safepy::find_scripts(inputs);
+    if (!scripts.error.empty()) {
+        std::cerr << "safepy: " << scripts.error << "\n";
+        return k_usage_error;
+    }
+    safepy::Limits limits = safepy::fit_defaults(options.config.defaults, options.config.maxima);
+    options.config.concurrency = std::min(check.jobs, scripts.paths.size());
+    options.config.maxima = safepy::host_maxima(safepy::default_maxima(), safepy::read_host_resources(),
+                                                options.config.concurrency, options.mode == "warm");
+    limits = safepy::fit_defaults(limits, options.config.maxima);
+    if (auto error = build_limits(options, limits)) {
+        std::cerr << "safepy: " << *error << "\n";
+        return k_usage_error;
+    }
     auto sandbox = make_sandbox(options);
     if (!sandbox) {
         return k_sandbox_failed;
     }
-    int worst = 0;
-    for (const auto& path : paths) {
-        safepy::Request request;
-        request.mode = safepy::Mode::check;
-        std::string error;
-        if (!read_script(path, options.config.max_script_bytes, request.script, error)) {
-            std::cerr << "safepy: " << error << "\n";
-            worst = std::max(worst, k_usage_error);
-            continue;
+    std::vector<safepy::CheckedFile> files(scripts.paths.size());
+    std::atomic<std::size_t> next{0};
+    auto worker = [&] {
+        for (std::size_t i = next++; i < files.size(); i = next++) {
+            files[i] = check_file(*sandbox, options, check, limits, scripts.paths[i]);
         }
-        safepy::Outcome outcome = sandbox->run(request);
-        if (outcome.status == safepy::Status::ok) {
-            std::cout << path << ": ok\n";
-        } else {
-            std::cout << path << ": " << safepy::status_name(outcome.status) << ": " << outcome.error << "\n";
-            if (!outcome.detail.empty()) {
-                std::cerr << "safepy: " << outcome.detail << "\n";
-            }
-        }
-        worst = std::max(worst, safepy::exit_code(outcome.status));
+    };
+    std::vector<std::thread> workers;
+    for (std::size_t i = 1; i < options.config.concurrency; ++i) {
+        workers.emplace_back(worker);
     }
-    return worst;
+    worker();
+    for (auto& thread : workers) {
+        thread.join();
+    }
+    std::cout << safepy::check_report(files, *format);
+    return safepy::check_exit_code(files);
 }
 
 int doctor_command(Options& options) {
@@ -288,6 +337,7 @@ int main(int argc, char** argv) {
     CLI::App app{"safepy: run untrusted Python in a sandbox.\n"
                  "Exit codes: 0 success, 1 the script failed, 2 usage error or invalid request, "
                  "3 the sandbox failed."};
+    app.set_version_flag("--version", "safepy " + std::string(safepy::version()));
     app.require_subcommand(1);
     Options options;
 
@@ -317,8 +367,18 @@ int main(int argc, char** argv) {
     add_sandbox_options(*run, options);
 
     std::vector<std::string> paths;
+    CheckOptions check_options;
     auto* check = app.add_subcommand("check", "check scripts (syntax, a top-level main) without running them");
-    check->add_option("files", paths, "scripts to check, - for stdin")->required();
+    check->add_option("files", paths, "scripts, directories (every *.py below) or quoted globs; - for stdin")->required();
+    check->add_option("--format", check_options.format, "text, json, github (workflow annotations) or junit (XML)")
+        ->check(CLI::IsMember({"text", "json", "github", "junit"}))
+        ->capture_default_str();
+    check->add_option("-j,--jobs", check_options.jobs, "files checked at once")
+        ->check(CLI::Range(std::size_t(1), std::size_t(64)))
+        ->capture_default_str();
+    check->add_flag("--run", check_options.run,
+                    "also run each script (main() without arguments, with the limits given) and require status ok");
+    add_limit_options(*check, options);
     add_sandbox_options(*check, options);
 
     auto* doctor = app.add_subcommand("doctor", "report the jail, cgroups, limits and Python versions in effect");
@@ -335,7 +395,7 @@ int main(int argc, char** argv) {
         return run_command(options, path, inputs);
     }
     if (*check) {
-        return check_command(options, paths);
+        return check_command(options, paths, check_options);
     }
     return doctor_command(options);
 }

@@ -3,6 +3,7 @@
 #include "server.hpp"
 
 #include "safepy/http.hpp"
+#include "safepy/check.hpp"
 #include "safepy/options.hpp"
 #include "safepy/safepy.hpp"
 
@@ -248,6 +249,7 @@ int wait_for_stop_signal() {
 int main(int argc, char** argv) {
     CLI::App app{"safepy-server: run untrusted Python over HTTP (POST /execute).\n"
                  "Every option can also be set by the environment variable shown."};
+    app.set_version_flag("--version", "safepy-server " + std::string(safepy::version()));
     Options options;
     add_options(app, options);
     try {

@@ -1,5 +1,7 @@
 #include "server.hpp"
 
+#include "safepy/check.hpp"
+
 #include "safepy/admission.hpp"
 #include "safepy/metrics.hpp"
 
@@ -306,7 +308,7 @@ private:
                 return reject(HttpError{405, "Method " + m_exchange.method + " is not allowed on " + path + "; use GET"});
             }
             if (path == "/healthz") {
-                return respond(200, R"({"status": "ok"})");
+                return respond(200, "{\"status\": \"ok\", \"version\": \"" + std::string(version()) + "\"}");
             }
             if (path == "/metrics") {
                 return metrics();

@@ -5,6 +5,7 @@
 
 #include "server.hpp"
 
+#include "safepy/check.hpp"
 #include "safepy/http.hpp"
 #include "safepy/safepy.hpp"
 
@@ -36,6 +37,8 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 // The README's three examples: the exact bytes curl sends, and the exact answers.
+// GET /healthz: this build's version, as CMake's project() gives it.
+const std::string k_health_body = "{\"status\": \"ok\", \"version\": \"" + std::string(version()) + "\"}";
 const std::string k_hello_body = R"({"script": "def main(): return {\"result\": \"Hello, World!\"}"})";
 const std::string k_hello_envelope = R"({"result": {"result": "Hello, World!"}, "stdout": ""})";
 const std::string k_numbers_body =

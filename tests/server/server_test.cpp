@@ -324,7 +324,7 @@ TEST_F(ServerTest, KeepAliveIsLimited) {
         ASSERT_TRUE(raw.send_all("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
         const std::string response = raw.read_response();
         EXPECT_EQ(status_of(response), 200);
-        EXPECT_EQ(body_of(response), R"({"status": "ok"})");
+        EXPECT_EQ(body_of(response), k_health_body);
         EXPECT_EQ(has_header(response, "Connection: close"), i == 3) << response;
     }
     bool closed = false;
@@ -484,7 +484,7 @@ TEST_F(ServerTest, HealthAndReadiness) {
     auto res = c->Get("/healthz");
     ASSERT_TRUE(res);
     EXPECT_EQ(res->status, 200);
-    EXPECT_EQ(res->body, R"({"status": "ok"})");
+    EXPECT_EQ(res->body, k_health_body);
     res = c->Get("/readyz");
     ASSERT_TRUE(res);
     EXPECT_EQ(res->status, 200);
