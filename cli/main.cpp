@@ -159,6 +159,8 @@ bool read_inputs(const RunInputs& inputs, const std::string& script_path, safepy
     if (!read_stdin(inputs, script_path, request.limits.stdin_bytes, request.stdin_bytes, error)) {
         return false;
     }
+    // One budget for all files, so that many files over the cap are never read whole.
+    std::uint64_t room = request.limits.input_files_bytes;
     for (const auto& spec : inputs.files) {
         const auto equals = spec.find('=');
         const std::string host_path = equals == std::string::npos ? spec : spec.substr(equals + 1);
@@ -168,9 +170,10 @@ bool read_inputs(const RunInputs& inputs, const std::string& script_path, safepy
             return false;
         }
         safepy::File file{std::move(name), {}};
-        if (!read_script(host_path, request.limits.input_files_bytes, file.content, error)) {
+        if (!read_script(host_path, room, file.content, error)) {
             return false;
         }
+        room -= std::min<std::uint64_t>(room, file.content.size());
         request.files.push_back(std::move(file));
     }
     return true;
@@ -259,11 +262,11 @@ int check_command(Options& options, const std::vector<std::string>& inputs, cons
         std::cerr << "safepy: " << scripts.error << "\n";
         return k_usage_error;
     }
-    safepy::Limits limits = safepy::fit_defaults(options.config.defaults, options.config.maxima);
-    options.config.concurrency = std::min(check.jobs, scripts.paths.size());
+    // A glob may match only directories: still one run slot.
+    options.config.concurrency = std::max<std::size_t>(1, std::min(check.jobs, scripts.paths.size()));
     options.config.maxima = safepy::host_maxima(safepy::default_maxima(), safepy::read_host_resources(),
                                                 options.config.concurrency, options.mode == "warm");
-    limits = safepy::fit_defaults(limits, options.config.maxima);
+    safepy::Limits limits = safepy::fit_defaults(options.config.defaults, options.config.maxima);
     if (auto error = build_limits(options, limits)) {
         std::cerr << "safepy: " << *error << "\n";
         return k_usage_error;

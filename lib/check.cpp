@@ -216,12 +216,17 @@ ScriptList find_scripts(const std::vector<std::string>& inputs) {
                 list.error = input + ": " + (code == GLOB_NOMATCH ? "matches no file" : "cannot be expanded");
                 return list;
             }
+            const std::size_t before = list.paths.size();
             for (std::size_t i = 0; i < found.gl_pathc; ++i) {
                 if (!is_directory(found.gl_pathv[i], true)) {
                     list.paths.emplace_back(found.gl_pathv[i]);
                 }
             }
             globfree(&found);
+            if (list.paths.size() == before) {
+                list.error = input + ": matches no file (only directories)";
+                return list;
+            }
         } else {
             list.error = input + ": no such file or directory";
             return list;

@@ -77,6 +77,9 @@ TEST(CheckCli, GlobsAndEmptyInputs) {
     const CliResult nothing = run_cli("check --jail bwrap 'check/*.nothing'");
     EXPECT_EQ(nothing.exit_code, 2);
     EXPECT_TRUE(contains(nothing.err, "matches no file")) << nothing.err;
+    const CliResult directories = run_cli("check --jail bwrap 'chec[k]'");
+    EXPECT_EQ(directories.exit_code, 2);
+    EXPECT_TRUE(contains(directories.err, "matches no file (only directories)")) << directories.err;
     char name[] = "/tmp/safepy-empty-XXXXXX";
     const std::string dir = mkdtemp(name);
     const CliResult empty = run_cli("check --jail bwrap " + dir);

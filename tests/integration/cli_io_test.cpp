@@ -74,6 +74,11 @@ TEST_F(CliIo, FilesGoInByBaseNameOrByName) {
     EXPECT_EQ(traversal.exit_code, 2);
     EXPECT_NE(traversal.out.find("\\\"..\\\" component"), std::string::npos) << traversal.out;
     EXPECT_EQ(run_cli("run --jail bwrap io/files_in.py --file " + m_dir + "/missing").exit_code, 2);
+    // Files over the total are refused, however many there are.
+    const CliResult over = run_cli("run --jail bwrap --no-stdin --input-files-bytes 10 io/files_in.py --file a=" + m_dir +
+                                   "/data.csv --file b=" + m_dir + "/blob");
+    EXPECT_EQ(over.exit_code, 2);
+    EXPECT_NE(over.out.find("(input_files_bytes)"), std::string::npos) << over.out;
 }
 
 TEST_F(CliIo, OutputDirGetsTheFilesAndNeverOverwritesWithoutForce) {
