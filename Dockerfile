@@ -70,10 +70,11 @@ RUN for library in $(ldd /out/safepy /out/safepy-server | awk '$2 == "=>" && $3 
 # No compilers, no apt lists or caches.
 FROM ${DEBIAN_IMAGE}
 COPY --from=safepy-build /out/runtime-packages /tmp/runtime-packages
-# pandas without recommends: they pull pythran and a C++ compiler.
+# pandas without recommends: they pull pythran and a C++ compiler; munkres
+# so that matplotlib's fonttools does not take scipy (and pythran) instead.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      python3 python3-numpy python3-pandas python3-matplotlib \
+      python3 python3-numpy python3-pandas python3-matplotlib python3-munkres \
       libprotobuf32 libnl-route-3-200 \
       $(cat /tmp/runtime-packages) \
  && apt-get clean \
