@@ -46,6 +46,10 @@ def run_child(source, write_fd):
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in two writes: without this, Nagle's algorithm
+    # holds the body back until the client's delayed ACK (40 ms on loopback),
+    # and the baseline would measure that timer instead of its own cost.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
