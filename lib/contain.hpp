@@ -1,7 +1,8 @@
 // The containment of a run, written once (the shape of nsjail's contain.cc):
 // an ordered list of named steps, each a function that reports its own name
 // and errno. A warm child runs the whole list through libsafepy_contain.so
-// (loaded by the template, called with one safepy_contain() per stage); a cold
+// (loaded by the template, whose loop in template_loop.cpp runs each stage;
+// safepy_contain() runs one stage for a caller of its own); a cold
 // run's child set-up (spawn.cpp) uses the steps that apply before exec, and
 // the jail does the rest. Everything here is async-signal-safe: no allocation,
 // no locks, only system calls (it runs between fork and exec, or in a forked

@@ -179,7 +179,7 @@ TEST(Contain, TheTemplatePayloadFramesTheLibraryThenTheFilter) {
 
 // The library the template loads is the one built from contain.cpp, loadable
 // from memory as the template loads it, and it checks what it is given.
-TEST(Contain, TheEmbeddedLibraryLoadsFromMemoryAndRefusesABadRequest) {
+TEST(Contain, TheEmbeddedLibraryLoadsFromMemoryAndRefusesBadRequests) {
     const std::string_view library = embedded_contain_library();
     ASSERT_GT(library.size(), 1000u);
     EXPECT_EQ(library.substr(0, 4), "\x7f" "ELF");
@@ -197,7 +197,13 @@ TEST(Contain, TheEmbeddedLibraryLoadsFromMemoryAndRefusesABadRequest) {
     char error[128] = "";
     EXPECT_EQ(entry(&request, error, sizeof error), EINVAL);
     EXPECT_NE(std::string(error).find("safepy_run_limits"), std::string::npos) << error;
-    // Only the entry point is exported.
+    // The template's loop refuses to serve without its control socket and filter.
+    using Serve = int (*)(int, const void*, uint64_t, char*, size_t);
+    auto serve = reinterpret_cast<Serve>(dlsym(handle, "safepy_template_serve"));
+    ASSERT_NE(serve, nullptr);
+    EXPECT_EQ(serve(-1, nullptr, 0, error, sizeof error), -EINVAL);
+    EXPECT_NE(std::string(error).find("control socket"), std::string::npos) << error;
+    // Only the entry points are exported.
     EXPECT_EQ(dlsym(handle, "_ZN6safepy7contain7executeERKNS0_4PlanE"), nullptr);
     dlclose(handle);
 }

@@ -1,0 +1,354 @@
+#include "template_loop.hpp"
+
+#include "contain.hpp"
+#include "template_protocol.hpp"
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <initializer_list>
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace safepy::contain {
+namespace {
+
+// The host keeps a few prepared children per template; more than this at
+// once is a host bug, refused by closing the slot (the host sees it end).
+constexpr int k_max_children = 64;
+
+struct Child {
+    pid_t pid;
+    int pidfd;
+    int slot;
+};
+
+// The template's state. Static, so that a fork copies no heap of ours.
+Child g_children[k_max_children];
+int g_child_count = 0;
+
+void copy_text(char* out, size_t size, const char* first, const char* second = "", const char* third = "") {
+    if (!out || size == 0) {
+        return;
+    }
+    size_t used = 0;
+    for (const char* part : {first, second, third}) {
+        for (; *part && used + 1 < size; ++part) {
+            out[used++] = *part;
+        }
+    }
+    out[used] = '\0';
+}
+
+const char* reason(int error_number) {
+    const char* text = strerrordesc_np(error_number);
+    return text ? text : "unknown error";
+}
+
+void write_stderr(const char* first, const char* second, const char* third) {
+    char line[512];
+    copy_text(line, sizeof line - 1, first, second, third);
+    const size_t length = std::strlen(line);
+    line[length] = '\n';
+    [[maybe_unused]] const ssize_t written = write(2, line, length + 1);
+}
+
+ssize_t send_all_flags(int socket, const msghdr* header) {
+    ssize_t sent;
+    do {
+        sent = sendmsg(socket, header, MSG_NOSIGNAL);
+    } while (sent < 0 && errno == EINTR);
+    return sent;
+}
+
+ssize_t receive(int socket, void* buffer, size_t size, int* fds, int max_fds, int& fd_count) {
+    iovec data{buffer, size};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
+    msghdr header{};
+    header.msg_iov = &data;
+    header.msg_iovlen = 1;
+    header.msg_control = control;
+    header.msg_controllen = sizeof control;
+    ssize_t got;
+    do {
+        got = recvmsg(socket, &header, MSG_CMSG_CLOEXEC);
+    } while (got < 0 && errno == EINTR);
+    fd_count = 0;
+    if (got < 0) {
+        return got;
+    }
+    for (cmsghdr* item = CMSG_FIRSTHDR(&header); item; item = CMSG_NXTHDR(&header, item)) {
+        if (item->cmsg_level != SOL_SOCKET || item->cmsg_type != SCM_RIGHTS) {
+            continue;
+        }
+        const size_t count = (item->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; ++i) {
+            int fd;
+            std::memcpy(&fd, CMSG_DATA(item) + i * sizeof(int), sizeof fd);
+            if (fd_count < max_fds) {
+                fds[fd_count++] = fd;
+            } else {
+                close(fd);
+            }
+        }
+    }
+    if (header.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+        // A message or descriptors that did not fit: not ours to use.
+        for (int i = 0; i < fd_count; ++i) {
+            close(fds[i]);
+        }
+        fd_count = 0;
+        errno = EMSGSIZE;
+        return -1;
+    }
+    return got;
+}
+
+void close_all(const int* fds, int count) {
+    for (int i = 0; i < count; ++i) {
+        close(fds[i]);
+    }
+}
+
+// Threads other than the caller would leave their locks held in a child
+// forked without Python's fork handlers.
+int thread_count() {
+    const int dir = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) {
+        return -1;
+    }
+    char buffer[1024];
+    int count = 0;
+    for (;;) {
+        const long got = syscall(SYS_getdents64, dir, buffer, sizeof buffer);
+        if (got <= 0) {
+            break;
+        }
+        for (long at = 0; at < got;) {
+            const auto* entry = reinterpret_cast<const dirent64*>(buffer + at);
+            if (entry->d_name[0] != '.') {
+                ++count;
+            }
+            at += entry->d_reclen;
+        }
+    }
+    close(dir);
+    return count;
+}
+
+// In the child: prepare, report READY, wait for the run, contain it.
+// Returns the run's mode; exits on any failure (the host sees the slot end).
+int become_run(int slot, const void* bpf, uint64_t bpf_bytes) {
+    const uint32_t uid = static_cast<uint32_t>(getuid());
+    const uint32_t gid = static_cast<uint32_t>(getgid());
+    Plan plan;
+    const char* why = nullptr;
+    safepy_contain_request request{};
+    request.size = sizeof request;
+    request.stage = SAFEPY_STAGE_PREPARE;
+    if (!make_plan(request, uid, gid, plan, why)) {
+        write_stderr("safepy warm child set-up failed: ", why, "");
+        _exit(71);
+    }
+    if (const Failure failure = execute(plan); !failure.ok()) {
+        write_stderr("safepy warm child set-up failed: ", failure.step, reason(failure.error_number));
+        _exit(71);
+    }
+
+    safepy_message ready{SAFEPY_PROTOCOL_MAGIC, SAFEPY_MESSAGE_READY};
+    ucred credentials{getpid(), static_cast<uid_t>(uid), static_cast<gid_t>(gid)};
+    iovec data{&ready, sizeof ready};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof credentials)] = {};
+    msghdr header{};
+    header.msg_iov = &data;
+    header.msg_iovlen = 1;
+    header.msg_control = control;
+    header.msg_controllen = sizeof control;
+    cmsghdr* item = CMSG_FIRSTHDR(&header);
+    item->cmsg_level = SOL_SOCKET;
+    item->cmsg_type = SCM_CREDENTIALS;
+    item->cmsg_len = CMSG_LEN(sizeof credentials);
+    std::memcpy(CMSG_DATA(item), &credentials, sizeof credentials);
+    if (send_all_flags(slot, &header) != static_cast<ssize_t>(sizeof ready)) {
+        _exit(0);  // the host gave up on this slot
+    }
+
+    safepy_run_message run{};
+    int fds[4];
+    int fd_count = 0;
+    const ssize_t got = receive(slot, &run, sizeof run, fds, 4, fd_count);
+    if (got != static_cast<ssize_t>(sizeof run) || fd_count != 4 || run.magic != SAFEPY_PROTOCOL_MAGIC ||
+        run.kind != SAFEPY_MESSAGE_RUN || run.limits.mode > SAFEPY_MODE_CHECK) {
+        _exit(0);  // the host gave up on this slot, or this is not a run
+    }
+    request.stage = SAFEPY_STAGE_RUN;
+    request.limits = run.limits;
+    request.stdout_fd = fds[0];
+    request.stderr_fd = fds[1];
+    request.result_fd = fds[2];
+    request.script_fd = fds[3];
+    request.bpf = bpf;
+    request.bpf_bytes = bpf_bytes;
+    // Arranging the descriptors closes the slot and everything else.
+    if (!make_plan(request, uid, gid, plan, why)) {
+        write_stderr("safepy warm child set-up failed: ", why, "");
+        _exit(71);
+    }
+    if (const Failure failure = execute(plan); !failure.ok()) {
+        write_stderr("safepy warm child set-up failed: ", failure.step, reason(failure.error_number));
+        _exit(71);
+    }
+    return static_cast<int>(run.limits.mode);
+}
+
+// Forks a prepared child for `slot`. Returns 0 in the template; in the child
+// it does not return here (see serve).
+void start_child(int control_fd, int slot, const void* bpf, uint64_t bpf_bytes, int& child_mode) {
+    child_mode = -1;
+    if (g_child_count >= k_max_children) {
+        write_stderr("safepy warm template could not start a child: ", "too many children at once", "");
+        close(slot);
+        return;
+    }
+    if (const int threads = thread_count(); threads != 1) {
+        write_stderr("safepy warm template could not start a child: ",
+                     threads < 0 ? "cannot count its threads" : "it has more than one thread", "");
+        close(slot);
+        return;
+    }
+    Plan plan;
+    const char* why = nullptr;
+    safepy_contain_request request{};
+    request.size = sizeof request;
+    request.stage = SAFEPY_STAGE_FORK;
+    Failure failure;
+    if (!make_plan(request, 0, 0, plan, why)) {
+        write_stderr("safepy warm template could not start a child: ", why, "");
+        close(slot);
+        return;
+    }
+    if (failure = execute(plan); !failure.ok()) {
+        write_stderr("safepy warm template could not start a child: ", failure.step, reason(failure.error_number));
+        close(slot);
+        return;
+    }
+    const pid_t pid = fork();
+    if (pid < 0) {
+        write_stderr("safepy warm template could not start a child: ", "fork: ", reason(errno));
+        close(slot);
+        return;
+    }
+    if (pid == 0) {
+        // Only its own slot: not the control socket, not another child's
+        // slot or pidfd.
+        close(control_fd);
+        for (int i = 0; i < g_child_count; ++i) {
+            close(g_children[i].pidfd);
+            close(g_children[i].slot);
+        }
+        g_child_count = 0;
+        child_mode = become_run(slot, bpf, bpf_bytes);
+        return;
+    }
+    // A child that already ended is a zombie until reaped here: its pidfd is
+    // readable at once.
+    const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+    if (pidfd < 0) {
+        // Without a pidfd its exit could not be reported: end it now.
+        kill(pid, SIGKILL);
+        waitpid(pid, nullptr, 0);
+        write_stderr("safepy warm template could not start a child: ", "pidfd_open: ", reason(errno));
+        close(slot);
+        return;
+    }
+    fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+    g_children[g_child_count++] = Child{pid, pidfd, slot};
+}
+
+// Reaps child `index` and reports its end on its slot.
+void reap_child(int index) {
+    const Child child = g_children[index];
+    g_children[index] = g_children[--g_child_count];
+    int status = 0;
+    rusage usage{};
+    pid_t reaped;
+    do {
+        reaped = wait4(child.pid, &status, 0, &usage);
+    } while (reaped < 0 && errno == EINTR);
+    close(child.pidfd);
+    if (reaped == child.pid) {
+        safepy_exit_message exit{};
+        exit.magic = SAFEPY_PROTOCOL_MAGIC;
+        exit.kind = SAFEPY_MESSAGE_EXIT;
+        exit.wait_status = status;
+        const uint64_t cpu_us = static_cast<uint64_t>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1000000u +
+                                static_cast<uint64_t>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+        exit.cpu_ms = cpu_us / 1000;
+        exit.max_rss_kb = static_cast<uint64_t>(usage.ru_maxrss);
+        // The host may have given up on this slot: nothing to do then.
+        [[maybe_unused]] const ssize_t sent = send(child.slot, &exit, sizeof exit, MSG_NOSIGNAL);
+    }
+    close(child.slot);
+}
+
+}  // namespace
+}  // namespace safepy::contain
+
+extern "C" int safepy_template_serve(int control_fd, const void* bpf, uint64_t bpf_bytes, char* error,
+                                     size_t error_len) {
+    using namespace safepy::contain;
+    if (control_fd < 0 || !bpf || bpf_bytes == 0) {
+        copy_text(error, error_len, "serve: ", "missing control socket or seccomp filter");
+        return -EINVAL;
+    }
+    pollfd items[1 + k_max_children];
+    for (;;) {
+        items[0] = pollfd{control_fd, POLLIN, 0};
+        for (int i = 0; i < g_child_count; ++i) {
+            items[1 + i] = pollfd{g_children[i].pidfd, POLLIN, 0};
+        }
+        const int watched = 1 + g_child_count;
+        const int ready = poll(items, static_cast<nfds_t>(watched), -1);
+        if (ready < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            const int saved = errno;
+            copy_text(error, error_len, "poll: ", reason(saved));
+            return -saved;
+        }
+        // Children first, from the last so that removing one keeps the
+        // others' indices (reap_child moves the last into the gap).
+        for (int i = watched - 1; i >= 1; --i) {
+            if (items[i].revents != 0) {
+                reap_child(i - 1);
+            }
+        }
+        if (items[0].revents == 0) {
+            continue;
+        }
+        safepy_message message{};
+        int fds[1];
+        int fd_count = 0;
+        const ssize_t got = receive(control_fd, &message, sizeof message, fds, 1, fd_count);
+        if (got == 0 || (got < 0 && errno != EMSGSIZE && errno != EAGAIN)) {
+            _exit(0);  // the host is gone
+        }
+        if (got != static_cast<ssize_t>(sizeof message) || fd_count != 1 || message.magic != SAFEPY_PROTOCOL_MAGIC ||
+            message.kind != SAFEPY_MESSAGE_SPAWN) {
+            close_all(fds, fd_count);
+            continue;
+        }
+        int mode = -1;
+        start_child(control_fd, fds[0], bpf, bpf_bytes, mode);
+        if (mode >= 0) {
+            return mode;  // a contained child, for its run
+        }
+    }
+}
