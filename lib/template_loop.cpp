@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <initializer_list>
 #include <poll.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -142,6 +143,27 @@ int thread_count() {
     return count;
 }
 
+// In the child, first: no two runs share a random stream.
+void refill(const safepy_reseed* reseed, uint32_t count) {
+    for (uint32_t i = 0; i < count; ++i) {
+        auto* key = static_cast<unsigned char*>(reseed[i].key);
+        for (uint64_t done = 0; done < reseed[i].key_bytes;) {
+            const ssize_t got = getrandom(key + done, reseed[i].key_bytes - done, 0);
+            if (got < 0 && errno == EINTR) {
+                continue;
+            }
+            if (got <= 0) {
+                write_stderr("safepy warm child set-up failed: ", "getrandom: ", reason(errno));
+                _exit(71);
+            }
+            done += static_cast<uint64_t>(got);
+        }
+        if (reseed[i].position) {
+            *reseed[i].position = reseed[i].position_value;
+        }
+    }
+}
+
 // In the child: prepare, report READY, wait for the run, contain it.
 // Returns the run's mode; exits on any failure (the host sees the slot end).
 int become_run(int slot, const void* bpf, uint64_t bpf_bytes) {
@@ -209,7 +231,8 @@ int become_run(int slot, const void* bpf, uint64_t bpf_bytes) {
 
 // Forks a prepared child for `slot`. Returns 0 in the template; in the child
 // it does not return here (see serve).
-void start_child(int control_fd, int slot, const void* bpf, uint64_t bpf_bytes, int& child_mode) {
+void start_child(int control_fd, int slot, const void* bpf, uint64_t bpf_bytes, const safepy_reseed* reseed,
+                 uint32_t reseed_count, int& child_mode) {
     child_mode = -1;
     if (g_child_count >= k_max_children) {
         write_stderr("safepy warm template could not start a child: ", "too many children at once", "");
@@ -253,6 +276,7 @@ void start_child(int control_fd, int slot, const void* bpf, uint64_t bpf_bytes, 
             close(g_children[i].slot);
         }
         g_child_count = 0;
+        refill(reseed, reseed_count);
         child_mode = become_run(slot, bpf, bpf_bytes);
         return;
     }
@@ -300,12 +324,19 @@ void reap_child(int index) {
 }  // namespace
 }  // namespace safepy::contain
 
-extern "C" int safepy_template_serve(int control_fd, const void* bpf, uint64_t bpf_bytes, char* error,
+extern "C" int safepy_template_serve(int control_fd, const void* bpf, uint64_t bpf_bytes,
+                                     const safepy_reseed* reseed, uint32_t reseed_count, char* error,
                                      size_t error_len) {
     using namespace safepy::contain;
     if (control_fd < 0 || !bpf || bpf_bytes == 0) {
         copy_text(error, error_len, "serve: ", "missing control socket or seccomp filter");
         return -EINVAL;
+    }
+    for (uint32_t i = 0; i < reseed_count; ++i) {
+        if (!reseed || !reseed[i].key || reseed[i].key_bytes == 0) {
+            copy_text(error, error_len, "serve: ", "a generator to re-seed has no key");
+            return -EINVAL;
+        }
     }
     pollfd items[1 + k_max_children];
     for (;;) {
@@ -346,7 +377,7 @@ extern "C" int safepy_template_serve(int control_fd, const void* bpf, uint64_t b
             continue;
         }
         int mode = -1;
-        start_child(control_fd, fds[0], bpf, bpf_bytes, mode);
+        start_child(control_fd, fds[0], bpf, bpf_bytes, reseed, reseed_count, mode);
         if (mode >= 0) {
             return mode;  // a contained child, for its run
         }

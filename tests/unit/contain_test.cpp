@@ -1,4 +1,5 @@
 #include "contain.hpp"
+#include "template_loop.hpp"
 #include "embedded.hpp"
 #include "spawn.hpp"
 #include "warm_pool.hpp"
@@ -198,11 +199,15 @@ TEST(Contain, TheEmbeddedLibraryLoadsFromMemoryAndRefusesBadRequests) {
     EXPECT_EQ(entry(&request, error, sizeof error), EINVAL);
     EXPECT_NE(std::string(error).find("safepy_run_limits"), std::string::npos) << error;
     // The template's loop refuses to serve without its control socket and filter.
-    using Serve = int (*)(int, const void*, uint64_t, char*, size_t);
+    using Serve = int (*)(int, const void*, uint64_t, const safepy_reseed*, uint32_t, char*, size_t);
     auto serve = reinterpret_cast<Serve>(dlsym(handle, "safepy_template_serve"));
     ASSERT_NE(serve, nullptr);
-    EXPECT_EQ(serve(-1, nullptr, 0, error, sizeof error), -EINVAL);
+    EXPECT_EQ(serve(-1, nullptr, 0, nullptr, 0, error, sizeof error), -EINVAL);
     EXPECT_NE(std::string(error).find("control socket"), std::string::npos) << error;
+    const char filter[8] = {};
+    const safepy_reseed keyless{nullptr, 8, nullptr, 0, 0};
+    EXPECT_EQ(serve(0, filter, sizeof filter, &keyless, 1, error, sizeof error), -EINVAL);
+    EXPECT_NE(std::string(error).find("no key"), std::string::npos) << error;
     // Only the entry points are exported.
     EXPECT_EQ(dlsym(handle, "_ZN6safepy7contain7executeERKNS0_4PlanE"), nullptr);
     dlclose(handle);
