@@ -46,6 +46,17 @@ std::uint64_t read_number(const std::string& path) {
     return text.empty() ? 0 : std::strtoull(text.c_str(), nullptr, 10);
 }
 
+// A number read from the start of an open file.
+std::uint64_t read_number_at(int fd) {
+    char text[32];
+    const ssize_t got = pread(fd, text, sizeof text - 1, 0);
+    if (got <= 0) {
+        return 0;
+    }
+    text[got] = '\0';
+    return std::strtoull(text, nullptr, 10);
+}
+
 // The value of `key` in a "key value" per-line file (memory.events, cpu.stat...).
 std::uint64_t read_keyed(const std::string& path, const std::string& key) {
     std::istringstream in(read_text(path));
@@ -528,6 +539,9 @@ RunCgroup::~RunCgroup() {
     for (int fd : m_join_fds) {
         close(fd);
     }
+    if (m_peak_fd >= 0) {
+        close(m_peak_fd);
+    }
     for (const auto& dir : m_dirs) {
         kill_members(dir, m_version);
         remove_dir(dir, m_version);
@@ -536,7 +550,8 @@ RunCgroup::~RunCgroup() {
 
 std::uint64_t RunCgroup::cpu_microseconds() const {
     if (m_version == CgroupVersion::v2) {
-        return read_keyed(m_dirs[0] + "/cpu.stat", "usage_usec");
+        const std::uint64_t used = read_keyed(m_dirs[0] + "/cpu.stat", "usage_usec");
+        return used > m_cpu_base_us ? used - m_cpu_base_us : 0;
     }
     if (m_version == CgroupVersion::v1 && m_cpuacct >= 0) {
         return read_number(m_dirs[static_cast<std::size_t>(m_cpuacct)] + "/cpuacct.usage") / 1000;
@@ -605,17 +620,65 @@ bool RunCgroup::join(pid_t pid) const {
 
 CgroupUsage RunCgroup::usage() const {
     CgroupUsage usage;
+    std::uint64_t oom_kills = 0;
     if (m_version == CgroupVersion::v2) {
-        usage.oom_kills = read_keyed(m_dirs[0] + "/memory.events", "oom_kill");
-        usage.peak_memory_bytes = read_number(m_dirs[0] + "/memory.peak");
+        oom_kills = read_keyed(m_dirs[0] + "/memory.events", "oom_kill");
+        usage.peak_memory_bytes = m_peak_fd >= 0 ? read_number_at(m_peak_fd) : read_number(m_dirs[0] + "/memory.peak");
         usage.has_cpu = true;
     } else if (m_version == CgroupVersion::v1) {
-        usage.oom_kills = read_keyed(m_dirs[0] + "/memory.oom_control", "oom_kill");
+        oom_kills = read_keyed(m_dirs[0] + "/memory.oom_control", "oom_kill");
         usage.peak_memory_bytes = read_number(m_dirs[0] + "/memory.max_usage_in_bytes");
         usage.has_cpu = m_cpuacct >= 0;
     }
+    usage.oom_kills = oom_kills > m_oom_kills_base ? oom_kills - m_oom_kills_base : 0;
     usage.cpu_microseconds = cpu_microseconds();
     return usage;
+}
+
+bool RunCgroup::recycle(std::string& why) {
+    if (m_version == CgroupVersion::none) {
+        return true;
+    }
+    for (const auto& dir : m_dirs) {
+        if (!member_pids(dir).empty()) {
+            why = dir + " still holds processes";
+            return false;
+        }
+    }
+    const std::string& memory_dir = m_dirs[0];
+    const std::string& pids_dir = m_version == CgroupVersion::v2 ? m_dirs[0] : m_dirs[1];
+    if (read_number(pids_dir + "/pids.current") != 0) {
+        why = pids_dir + " still counts processes";
+        return false;
+    }
+    const std::string current = memory_dir + (m_version == CgroupVersion::v2 ? "/memory.current" : "/memory.usage_in_bytes");
+    if (const std::uint64_t held = read_number(current); held > k_recycle_memory_bytes) {
+        why = memory_dir + " still holds " + std::to_string(held) + " bytes";
+        return false;
+    }
+    if (m_version == CgroupVersion::v1) {
+        // Writing 0 resets the peak to the usage now, and the CPU time to 0.
+        if (!write_text(memory_dir + "/memory.max_usage_in_bytes", "0") ||
+            (m_cpuacct >= 0 && !write_text(m_dirs[static_cast<std::size_t>(m_cpuacct)] + "/cpuacct.usage", "0"))) {
+            why = "cannot reset the counters of " + memory_dir + ": " + std::strerror(errno);
+            return false;
+        }
+        m_oom_kills_base = read_keyed(memory_dir + "/memory.oom_control", "oom_kill");
+        return true;
+    }
+    // v2 (Linux 6.12 and later): a write to memory.peak resets it for reads
+    // through the same descriptor. Without that, a new cgroup is the only
+    // way to a peak of this run alone.
+    if (m_peak_fd < 0) {
+        m_peak_fd = open((memory_dir + "/memory.peak").c_str(), O_RDWR | O_CLOEXEC);
+    }
+    if (m_peak_fd < 0 || write(m_peak_fd, "reset\n", 6) != 6) {
+        why = "this kernel cannot reset " + memory_dir + "/memory.peak";
+        return false;
+    }
+    m_oom_kills_base = read_keyed(memory_dir + "/memory.events", "oom_kill");
+    m_cpu_base_us = read_keyed(memory_dir + "/cpu.stat", "usage_usec");
+    return true;
 }
 
 void RunCgroup::kill_all() const {

@@ -93,6 +93,19 @@ public:
     // SIGKILLs every process in the run's cgroups until they are empty.
     void kill_all() const;
 
+    // Makes the cgroup ready for another run, in place of removing it and
+    // creating a new one (a mkdir and rmdir per hierarchy, and the kernel's
+    // deferred teardown): only when every hierarchy holds no process, it
+    // holds at most k_recycle_memory_bytes of memory, and each counter a run
+    // reports starts again from zero (peak memory and CPU time reset or
+    // measured from here, OOM kills counted from here). False, with why, when
+    // it cannot be reused; it must then be removed.
+    bool recycle(std::string& why);
+
+    // What a recycled cgroup may still hold: page cache the last run read,
+    // which the kernel reclaims under the next run's limit before it fails.
+    static constexpr std::uint64_t k_recycle_memory_bytes = 4 << 20;
+
 private:
     friend class Cgroups;
     RunCgroup() = default;
@@ -101,6 +114,10 @@ private:
     int m_cpuacct = -1;               // v1: index in m_dirs of the cpuacct (CPU time) directory
     int m_cpu = -1;                   // index of the directory with the cpu controller (share, quota)
     std::vector<int> m_join_fds;
+    // Counters that cannot be reset, as they stood when the cgroup was recycled.
+    std::uint64_t m_oom_kills_base = 0;
+    std::uint64_t m_cpu_base_us = 0;  // v2's cpu.stat
+    int m_peak_fd = -1;               // v2: memory.peak, reset for reads through this descriptor
 };
 
 class Cgroups {

@@ -50,6 +50,9 @@ struct WarmPool::Impl {
     mutable std::condition_variable changed;
     std::vector<std::unique_ptr<Template>> templates;
     std::deque<std::unique_ptr<Slot>> retired;  // finished runs, removed off the request path
+    // Cgroups of finished runs, recycled for the next prepared children.
+    std::vector<SpareCgroup> spares;
+    std::size_t max_spares = 2;
     bool stopping = false;
     std::size_t per_template = 1;  // children kept prepared by each template
     std::thread manager;
@@ -84,7 +87,37 @@ struct WarmPool::Impl {
     }
 
     std::unique_ptr<Slot> make_slot(Template& t, std::string& error) {
-        return safepy::make_slot(t.process, settings.cgroups, settings.defaults, error);
+        SpareCgroup spare;
+        {
+            std::lock_guard lock(mutex);
+            if (!spares.empty()) {
+                spare = std::move(spares.back());
+                spares.pop_back();
+            }
+        }
+        return safepy::make_slot(t.process, settings.cgroups, settings.defaults, std::move(spare), error);
+    }
+
+    // Off the request path: a finished run's cgroup is recycled when it is
+    // empty and its counters start over, else removed with the slot.
+    void retire(std::deque<std::unique_ptr<Slot>>& finished) {
+        for (auto& slot : finished) {
+            if (!slot->cgroup) {
+                continue;
+            }
+            std::string why;
+            {
+                std::lock_guard lock(mutex);
+                if (spares.size() >= max_spares) {
+                    continue;
+                }
+            }
+            if (slot->cgroup->recycle(why)) {
+                std::lock_guard lock(mutex);
+                spares.push_back(SpareCgroup{std::move(slot->cgroup), slot->cgroup_limits});
+            }
+        }
+        finished.clear();  // removes the other cgroups (their processes are already gone)
     }
 
     // Keeps one template running and prepared; false when it failed and
@@ -149,7 +182,7 @@ struct WarmPool::Impl {
                 }
                 finished.swap(retired);
             }
-            finished.clear();  // removes their cgroups (their processes are already gone)
+            retire(finished);
             bool failed = false;
             for (auto& t : templates) {
                 failed = !tend(*t) || failed;
@@ -236,6 +269,7 @@ WarmPool::WarmPool(WarmSettings settings) : m_impl(std::make_unique<Impl>()) {
     m_impl->settings = std::move(settings);
     const std::size_t count = std::max<std::size_t>(m_impl->settings.templates, 1);
     m_impl->per_template = std::max<std::size_t>(1, (m_impl->settings.pool_size + count - 1) / count);
+    m_impl->max_spares = count * m_impl->per_template + 1;
     for (std::size_t i = 0; i < count; ++i) {
         auto t = std::make_unique<Template>();
         if (m_impl->settings.uids) {
@@ -258,6 +292,7 @@ WarmPool::~WarmPool() {
     }
     m_impl->manager.join();
     m_impl->retired.clear();
+    m_impl->spares.clear();
     for (auto& t : m_impl->templates) {
         m_impl->stop_template(*t);
     }

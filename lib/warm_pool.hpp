@@ -6,7 +6,9 @@
 // concurrent run, each with a host uid of its own, and a run holds its
 // template's uid until it ends, so no two runs at once share a uid. A manager
 // thread keeps children ready, each already in its own per-run cgroup, so that
-// neither the fork nor the cgroup move is on a request's path.
+// neither the fork nor the cgroup move is on a request's path; a finished
+// run's cgroup is recycled for a later child once it is shown empty and its
+// counters start over (RunCgroup::recycle), else removed.
 #pragma once
 
 #include "cgroup.hpp"

@@ -131,7 +131,7 @@ safepy_run_message run_message(const Request& request, bool rlimit_memory) {
 }
 
 std::unique_ptr<Slot> make_slot(TemplateProcess& owner, const Cgroups* cgroups, const Limits& defaults,
-                                std::string& error) {
+                                SpareCgroup spare, std::string& error) {
     int pair[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
         error = std::string("socketpair: ") + std::strerror(errno);
@@ -162,8 +162,13 @@ std::unique_ptr<Slot> make_slot(TemplateProcess& owner, const Cgroups* cgroups, 
         return nullptr;
     }
     if (cgroups) {
-        slot->cgroup = cgroups->create(defaults, error);
-        slot->cgroup_limits = defaults;
+        if (spare.cgroup) {
+            slot->cgroup = std::move(spare.cgroup);
+            slot->cgroup_limits = spare.limits;
+        } else {
+            slot->cgroup = cgroups->create(defaults, error);
+            slot->cgroup_limits = defaults;
+        }
         if (!slot->cgroup) {
             return nullptr;
         }

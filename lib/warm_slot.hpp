@@ -24,10 +24,18 @@ struct Slot {
     Limits cgroup_limits;  // what the cgroup is set to now
 };
 
+// A cgroup an earlier run left, recycled (RunCgroup::recycle), with the
+// limits it is set to.
+struct SpareCgroup {
+    std::unique_ptr<RunCgroup> cgroup;
+    Limits limits;
+};
+
 // Asks `owner` for a prepared child and moves it into a cgroup of its own
-// (with `defaults`) when `cgroups` is set; nullptr and `error` on failure.
+// when `cgroups` is set: `spare` when it holds one, else a new one with
+// `defaults`. nullptr and `error` on failure.
 std::unique_ptr<Slot> make_slot(TemplateProcess& owner, const Cgroups* cgroups, const Limits& defaults,
-                                std::string& error);
+                                SpareCgroup spare, std::string& error);
 
 // The host's ends of a run's pipes.
 struct SlotPipes {

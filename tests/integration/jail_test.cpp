@@ -571,6 +571,25 @@ TEST_P(JailTest, MemoryBombHitsTheMemoryLimit) {
     expect_bounded(limits);
 }
 
+// A warm pool recycles a finished run's cgroup for a later run (cold runs
+// get a new one each): nothing of an OOM-killed or CPU-bound run may show in
+// the status or the usage of the runs after it.
+TEST_P(JailTest, RunsAfterBombsStartFromZero) {
+    Limits memory;
+    memory.memory_bytes = 256 << 20;
+    ASSERT_EQ(run_file("memory_bomb.py", memory).status, Status::memory_limit);
+    Limits cpu;
+    cpu.cpu = 1500ms;
+    ASSERT_EQ(run_file("infinite_loop.py", cpu).status, Status::timeout);
+    // The pool keeps a few cgroups: enough runs that every one has been reused.
+    for (int i = 0; i < 6; ++i) {
+        const Outcome outcome = run_file("hello.py");
+        ASSERT_EQ(outcome.status, Status::ok) << "run " << i << ": " << outcome.error;
+        EXPECT_LT(outcome.usage.cpu, 1000ms) << "run " << i;
+        EXPECT_LT(outcome.usage.peak_memory_bytes, 128u << 20) << "run " << i;
+    }
+}
+
 TEST_P(JailTest, StdoutFloodHitsTheOutputLimitWhileReading) {
     const Outcome outcome = run_file("stdout_flood.py");
     EXPECT_EQ(outcome.status, Status::output_limit) << outcome.error;
