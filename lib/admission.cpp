@@ -7,8 +7,14 @@ namespace safepy {
 Admission::Admission(std::size_t slots, std::size_t queue_length, std::chrono::milliseconds max_wait)
     : m_slots(std::max<std::size_t>(slots, 1)), m_queue_length(queue_length), m_max_wait(max_wait) {}
 
-bool Admission::can_take(std::uint64_t ticket) const {
-    return m_running < m_slots && !m_line.empty() && m_line.front() == ticket;
+void Admission::hand_over() {
+    while (m_running < m_slots && !m_line.empty()) {
+        Waiter* first = m_line.front();
+        m_line.pop_front();
+        first->admitted = true;
+        ++m_running;
+        first->woken.notify_one();
+    }
 }
 
 Admission::Result Admission::enter(std::chrono::milliseconds& waited) {
@@ -26,50 +32,45 @@ Admission::Result Admission::enter(std::chrono::milliseconds& waited) {
     if (m_line.size() >= m_queue_length) {
         return Result::queue_full;
     }
-    const std::uint64_t ticket = m_next_ticket++;
-    m_line.push_back(ticket);
+    Waiter self;
+    m_line.push_back(&self);
     const auto deadline = started + m_max_wait;
-    auto result = Result::timed_out;
-    for (;;) {
-        if (m_draining) {
-            result = Result::draining;
-            break;
-        }
-        if (can_take(ticket)) {
-            result = Result::admitted;
-            ++m_running;
-            break;
-        }
-        if (m_changed.wait_until(lock, deadline) == std::cv_status::timeout && !can_take(ticket)) {
+    while (!self.admitted && !m_draining) {
+        if (self.woken.wait_until(lock, deadline) == std::cv_status::timeout) {
             break;
         }
     }
-    m_line.erase(std::find(m_line.begin(), m_line.end(), ticket));
-    // The next in line may now be at the front with a free slot.
-    m_changed.notify_all();
     waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started);
-    return result;
+    if (self.admitted) {
+        return Result::admitted;  // hand_over took it out of the line
+    }
+    m_line.erase(std::find(m_line.begin(), m_line.end(), &self));
+    return m_draining ? Result::draining : Result::timed_out;
 }
 
 void Admission::leave() {
-    {
-        std::lock_guard lock(m_mutex);
-        --m_running;
+    std::lock_guard lock(m_mutex);
+    --m_running;
+    if (!m_draining) {
+        hand_over();
     }
-    m_changed.notify_all();
+    if (m_running == 0) {
+        m_idle.notify_all();
+    }
 }
 
 void Admission::drain() {
-    {
-        std::lock_guard lock(m_mutex);
-        m_draining = true;
+    std::lock_guard lock(m_mutex);
+    m_draining = true;
+    for (Waiter* waiter : m_line) {
+        waiter->woken.notify_one();
     }
-    m_changed.notify_all();
+    m_idle.notify_all();
 }
 
 bool Admission::wait_idle(std::chrono::steady_clock::time_point deadline) {
     std::unique_lock lock(m_mutex);
-    return m_changed.wait_until(lock, deadline, [this] { return m_running == 0; });
+    return m_idle.wait_until(lock, deadline, [this] { return m_running == 0; });
 }
 
 std::size_t Admission::running() const {

@@ -47,16 +47,23 @@ public:
     std::size_t queue_length() const { return m_queue_length; }
 
 private:
-    bool can_take(std::uint64_t ticket) const;
+    // One request in line; leave() hands a freed slot straight to the first
+    // one and wakes only it.
+    struct Waiter {
+        std::condition_variable woken;
+        bool admitted = false;
+    };
+
+    // Gives free slots to the front of the line. Under m_mutex.
+    void hand_over();
 
     const std::size_t m_slots;
     const std::size_t m_queue_length;
     const std::chrono::milliseconds m_max_wait;
     mutable std::mutex m_mutex;
-    std::condition_variable m_changed;
+    std::condition_variable m_idle;  // m_running fell to 0, or draining began
     std::size_t m_running = 0;
-    std::deque<std::uint64_t> m_line;  // tickets, oldest first
-    std::uint64_t m_next_ticket = 0;
+    std::deque<Waiter*> m_line;  // oldest first
     bool m_draining = false;
 };
 
