@@ -5,11 +5,13 @@
 
 #include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
 #include <initializer_list>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -229,6 +231,65 @@ int become_run(int slot, const void* bpf, uint64_t bpf_bytes) {
     return static_cast<int>(run.limits.mode);
 }
 
+// Backs the template's anonymous memory (the heap, Python's arenas) with
+// huge pages where the kernel can: a fork then copies one entry per 2 MiB
+// instead of 512, and each child's exit unmaps as few. Children still copy
+// only the 4 KiB pages they write (the kernel splits a shared huge page
+// first). Best effort: kernels without MADV_COLLAPSE (before 6.1) or with
+// huge pages off refuse, and nothing changes.
+void collapse_anonymous_memory() {
+    constexpr uintptr_t k_huge = uintptr_t{1} << 21;
+    const int maps = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (maps < 0) {
+        return;
+    }
+    // Read whole first: madvise changes the mappings being listed.
+    static char text[1 << 18];
+    size_t used = 0;
+    for (;;) {
+        const ssize_t got = read(maps, text + used, sizeof text - 1 - used);
+        if (got <= 0) {
+            break;
+        }
+        used += static_cast<size_t>(got);
+    }
+    close(maps);
+    text[used] = '\0';
+    for (char* line = text; *line;) {
+        char* end = std::strchr(line, '\n');
+        if (end) {
+            *end = '\0';
+        }
+        // start-end perms offset dev inode [path]
+        char* cursor = nullptr;
+        const uintptr_t start = std::strtoull(line, &cursor, 16);
+        const uintptr_t stop = *cursor == '-' ? std::strtoull(cursor + 1, &cursor, 16) : 0;
+        const char* perms = cursor + 1;
+        const char* path = perms;
+        for (int field = 0; field < 4 && *path; ++field) {
+            path = std::strchr(path, ' ');
+            path = path ? path + 1 : "";
+            while (*path == ' ') {
+                ++path;
+            }
+        }
+        const bool anonymous = *path == '\0' || std::strcmp(path, "[heap]") == 0;
+        if (anonymous && perms[0] == 'r' && perms[1] == 'w' && perms[3] == 'p') {
+            const uintptr_t first = (start + k_huge - 1) & ~(k_huge - 1);
+            const uintptr_t last = stop & ~(k_huge - 1);
+            if (last > first) {
+                void* at = reinterpret_cast<void*>(first);
+                madvise(at, last - first, MADV_HUGEPAGE);
+                madvise(at, last - first, 25 /* MADV_COLLAPSE */);
+            }
+        }
+        if (!end) {
+            break;
+        }
+        line = end + 1;
+    }
+}
+
 // Forks a prepared child for `slot`. Returns 0 in the template; in the child
 // it does not return here (see serve).
 void start_child(int control_fd, int slot, const void* bpf, uint64_t bpf_bytes, const safepy_reseed* reseed,
@@ -338,6 +399,7 @@ extern "C" int safepy_template_serve(int control_fd, const void* bpf, uint64_t b
             return -EINVAL;
         }
     }
+    collapse_anonymous_memory();
     pollfd items[1 + k_max_children];
     for (;;) {
         items[0] = pollfd{control_fd, POLLIN, 0};
