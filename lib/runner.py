@@ -27,21 +27,26 @@ import os
 
 
 def _safepy_runner():
-    import ast
-    import inspect
     import json
-    import linecache
     import stat
     import struct
-    import traceback
     import types
+
+    # Needed only on some paths, and slow to import (inspect, traceback and
+    # linecache are most of a cold run's start): bound here when they are
+    # loaded already (warm runs: the template imported them), else imported
+    # when needed. Imported after the script ran, they are whatever the
+    # script left in sys.modules: that can change how its own run is
+    # described, nothing more.
+    inspect_module = sys.modules.get("inspect")
+    format_exception = getattr(sys.modules.get("traceback"), "format_exception", None)
+    line_cache = getattr(sys.modules.get("linecache"), "cache", None)
 
     write = os.write
     read = os.read
     close = os.close
     encoder = json.JSONEncoder(allow_nan=False, check_circular=True)
     encode = encoder.encode
-    format_exception = traceback.format_exception
     is_instance = isinstance
     stdout_object = sys.stdout
     stderr_object = sys.stderr
@@ -108,7 +113,11 @@ def _safepy_runner():
         while frames is not None and frames.tb_frame.f_code.co_filename == "<string>":
             frames = frames.tb_next
         try:
-            lines = format_exception(type(error), error, frames)
+            formatter = format_exception
+            if formatter is None:
+                import traceback
+                formatter = traceback.format_exception
+            lines = formatter(type(error), error, frames)
             text = "".join(lines)
         except BaseException:
             text = describe(error) + "\n"
@@ -155,7 +164,7 @@ def _safepy_runner():
 
     if mode == "check":
         try:
-            found = _defines_main(ast.parse(source))
+            found = _defines_main(compile(source, "script.py", "exec", flags=_AST_ONLY, dont_inherit=True))
         except (RecursionError, MemoryError, SyntaxError, ValueError):
             send("syntax_error", "SyntaxError: the script is nested too deeply to check")
             return
@@ -173,9 +182,13 @@ def _safepy_runner():
         return
 
     text = source.decode("utf-8", "replace")
-    linecache.cache["script.py"] = (len(text), None, text.splitlines(True), "script.py")
     module = types.ModuleType("script")
     module.__file__ = "script.py"
+    # Tracebacks show the script's lines: from linecache's cache when it is
+    # loaded, else through the loader once linecache is (it asks for it).
+    module.__loader__ = types.SimpleNamespace(get_source=lambda name: text)
+    if line_cache is not None:
+        line_cache["script.py"] = (len(text), None, text.splitlines(True), "script.py")
     sys.modules["script"] = module
     try:
         exec(code, module.__dict__)
@@ -190,7 +203,11 @@ def _safepy_runner():
         return
     args = job["args"]
     try:
-        problem = _argument_problem(inspect.signature(main), args, inspect.Parameter)
+        problem = None
+        if not _plainly_callable(main, args, types.FunctionType):
+            if inspect_module is None:
+                import inspect as inspect_module
+            problem = _argument_problem(inspect_module.signature(main), args, inspect_module.Parameter)
     except TypeError:
         problem = "main() cannot be called with keyword arguments"
     except ValueError:
@@ -292,6 +309,33 @@ def _place_inputs(job):
     job["files"] = []
     if job["outputs"][0] > 0:
         os.mkdir("out", 0o755)
+
+
+_AST_ONLY = 0x400  # ast.PyCF_ONLY_AST, without importing ast for it
+_VAR_POSITIONAL, _VAR_KEYWORD = 0x04, 0x08  # code flags CO_VARARGS, CO_VARKEYWORDS
+
+
+def _plainly_callable(main, args, function_type):
+    # True when main is a plain Python function that main() or main(**args)
+    # certainly binds to, read off its code object; False sends the caller
+    # to inspect.signature, which also finds the words for what is wrong.
+    if type(main) is not function_type or "__wrapped__" in main.__dict__ or "__signature__" in main.__dict__:
+        return False  # inspect.signature would describe another callable
+    code = main.__code__
+    given = args or {}
+    positional = code.co_varnames[:code.co_argcount]
+    keyword_only = code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+    defaults = len(main.__defaults__ or ())
+    keyword_defaults = main.__kwdefaults__ or {}
+    required = positional[:len(positional) - defaults] if defaults else positional
+    if any(name not in given for name in required):
+        return False
+    if any(name not in given and name not in keyword_defaults for name in keyword_only):
+        return False
+    if any(name in given for name in positional[:code.co_posonlyargcount]):
+        return False
+    named = set(positional[code.co_posonlyargcount:]) | set(keyword_only)
+    return bool(code.co_flags & _VAR_KEYWORD) or all(name in named for name in given)
 
 
 def _argument_problem(signature, args, kinds):
