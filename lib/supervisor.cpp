@@ -164,6 +164,8 @@ private:
         const auto cpu_limit_us = static_cast<std::uint64_t>(m_limits.cpu.count()) * 1000;
         enum Source { k_out, k_err, k_result, k_log, k_exit, k_deadline, k_cancel };
         std::optional<Clock::time_point> exited_at;
+        // Read each tick, not on every wake-up: output wakes the loop often.
+        auto next_cpu_read = Clock::now() + k_cpu_tick;
 
         for (;;) {
             std::array<pollfd, 7> fds{};
@@ -233,7 +235,8 @@ private:
                 m_exited = true;
                 exited_at = Clock::now();
             }
-            if (!m_exited && !m_killed && cpu_limit_us > 0) {
+            if (!m_exited && !m_killed && cpu_limit_us > 0 && Clock::now() >= next_cpu_read) {
+                next_cpu_read = Clock::now() + k_cpu_tick;
                 if (auto used = m_process.cpu_microseconds(); used && *used >= cpu_limit_us) {
                     end_for(Cause::cpu_timeout);
                 }
