@@ -36,12 +36,13 @@ struct Child {
 Child g_children[k_max_children];
 int g_child_count = 0;
 
-void copy_text(char* out, size_t size, const char* first, const char* second = "", const char* third = "") {
+void copy_text(char* out, size_t size, const char* first, const char* second = "", const char* third = "",
+               const char* fourth = "") {
     if (!out || size == 0) {
         return;
     }
     size_t used = 0;
-    for (const char* part : {first, second, third}) {
+    for (const char* part : {first, second, third, fourth}) {
         for (; *part && used + 1 < size; ++part) {
             out[used++] = *part;
         }
@@ -49,14 +50,17 @@ void copy_text(char* out, size_t size, const char* first, const char* second = "
     out[used] = '\0';
 }
 
+constexpr const char* k_child_failed = "safepy warm child set-up failed: ";
+constexpr const char* k_spawn_failed = "safepy warm template could not start a child: ";
+
 const char* reason(int error_number) {
     const char* text = strerrordesc_np(error_number);
     return text ? text : "unknown error";
 }
 
-void write_stderr(const char* first, const char* second, const char* third) {
+void write_stderr(const char* first, const char* second, const char* third = "", const char* fourth = "") {
     char line[512];
-    copy_text(line, sizeof line - 1, first, second, third);
+    copy_text(line, sizeof line - 1, first, second, third, fourth);
     const size_t length = std::strlen(line);
     line[length] = '\n';
     [[maybe_unused]] const ssize_t written = write(2, line, length + 1);
@@ -155,7 +159,7 @@ void refill(const safepy_reseed* reseed, uint32_t count) {
                 continue;
             }
             if (got <= 0) {
-                write_stderr("safepy warm child set-up failed: ", "getrandom: ", reason(errno));
+                write_stderr(k_child_failed, "getrandom: ", reason(errno));
                 _exit(71);
             }
             done += static_cast<uint64_t>(got);
@@ -166,40 +170,38 @@ void refill(const safepy_reseed* reseed, uint32_t count) {
     }
 }
 
+// Runs the steps of one stage; false, with "context step: reason" on
+// stderr (the template's log), when one fails.
+bool run_stage(const safepy_contain_request& request, uint32_t uid, uint32_t gid, const char* context) {
+    Plan plan;
+    const char* why = nullptr;
+    if (!make_plan(request, uid, gid, plan, why)) {
+        write_stderr(context, why);
+        return false;
+    }
+    if (const Failure failure = execute(plan); !failure.ok()) {
+        write_stderr(context, failure.step, ": ", reason(failure.error_number));
+        return false;
+    }
+    return true;
+}
+
 // In the child: prepare, report READY, wait for the run, contain it.
 // Returns the run's mode; exits on any failure (the host sees the slot end).
 int become_run(int slot, const void* bpf, uint64_t bpf_bytes) {
     const uint32_t uid = static_cast<uint32_t>(getuid());
     const uint32_t gid = static_cast<uint32_t>(getgid());
-    Plan plan;
-    const char* why = nullptr;
     safepy_contain_request request{};
     request.size = sizeof request;
     request.stage = SAFEPY_STAGE_PREPARE;
-    if (!make_plan(request, uid, gid, plan, why)) {
-        write_stderr("safepy warm child set-up failed: ", why, "");
-        _exit(71);
-    }
-    if (const Failure failure = execute(plan); !failure.ok()) {
-        write_stderr("safepy warm child set-up failed: ", failure.step, reason(failure.error_number));
+    if (!run_stage(request, uid, gid, k_child_failed)) {
         _exit(71);
     }
 
     safepy_message ready{SAFEPY_PROTOCOL_MAGIC, SAFEPY_MESSAGE_READY};
     ucred credentials{getpid(), static_cast<uid_t>(uid), static_cast<gid_t>(gid)};
-    iovec data{&ready, sizeof ready};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof credentials)] = {};
-    msghdr header{};
-    header.msg_iov = &data;
-    header.msg_iovlen = 1;
-    header.msg_control = control;
-    header.msg_controllen = sizeof control;
-    cmsghdr* item = CMSG_FIRSTHDR(&header);
-    item->cmsg_level = SOL_SOCKET;
-    item->cmsg_type = SCM_CREDENTIALS;
-    item->cmsg_len = CMSG_LEN(sizeof credentials);
-    std::memcpy(CMSG_DATA(item), &credentials, sizeof credentials);
-    if (send_all_flags(slot, &header) != static_cast<ssize_t>(sizeof ready)) {
+    SafepyFrame<sizeof credentials> frame(&ready, sizeof ready, SCM_CREDENTIALS, &credentials);
+    if (send_all_flags(slot, &frame.header) != static_cast<ssize_t>(sizeof ready)) {
         _exit(0);  // the host gave up on this slot
     }
 
@@ -220,12 +222,7 @@ int become_run(int slot, const void* bpf, uint64_t bpf_bytes) {
     request.bpf = bpf;
     request.bpf_bytes = bpf_bytes;
     // Arranging the descriptors closes the slot and everything else.
-    if (!make_plan(request, uid, gid, plan, why)) {
-        write_stderr("safepy warm child set-up failed: ", why, "");
-        _exit(71);
-    }
-    if (const Failure failure = execute(plan); !failure.ok()) {
-        write_stderr("safepy warm child set-up failed: ", failure.step, reason(failure.error_number));
+    if (!run_stage(request, uid, gid, k_child_failed)) {
         _exit(71);
     }
     return static_cast<int>(run.limits.mode);
@@ -296,35 +293,26 @@ void start_child(int control_fd, int slot, const void* bpf, uint64_t bpf_bytes, 
                  uint32_t reseed_count, int& child_mode) {
     child_mode = -1;
     if (g_child_count >= k_max_children) {
-        write_stderr("safepy warm template could not start a child: ", "too many children at once", "");
+        write_stderr(k_spawn_failed, "too many children at once");
         close(slot);
         return;
     }
     if (const int threads = thread_count(); threads != 1) {
-        write_stderr("safepy warm template could not start a child: ",
-                     threads < 0 ? "cannot count its threads" : "it has more than one thread", "");
+        write_stderr(k_spawn_failed,
+                     threads < 0 ? "cannot count its threads" : "it has more than one thread");
         close(slot);
         return;
     }
-    Plan plan;
-    const char* why = nullptr;
     safepy_contain_request request{};
     request.size = sizeof request;
     request.stage = SAFEPY_STAGE_FORK;
-    Failure failure;
-    if (!make_plan(request, 0, 0, plan, why)) {
-        write_stderr("safepy warm template could not start a child: ", why, "");
-        close(slot);
-        return;
-    }
-    if (failure = execute(plan); !failure.ok()) {
-        write_stderr("safepy warm template could not start a child: ", failure.step, reason(failure.error_number));
+    if (!run_stage(request, 0, 0, k_spawn_failed)) {
         close(slot);
         return;
     }
     const pid_t pid = fork();
     if (pid < 0) {
-        write_stderr("safepy warm template could not start a child: ", "fork: ", reason(errno));
+        write_stderr(k_spawn_failed, "fork: ", reason(errno));
         close(slot);
         return;
     }
@@ -348,7 +336,7 @@ void start_child(int control_fd, int slot, const void* bpf, uint64_t bpf_bytes, 
         // Without a pidfd its exit could not be reported: end it now.
         kill(pid, SIGKILL);
         waitpid(pid, nullptr, 0);
-        write_stderr("safepy warm template could not start a child: ", "pidfd_open: ", reason(errno));
+        write_stderr(k_spawn_failed, "pidfd_open: ", reason(errno));
         close(slot);
         return;
     }

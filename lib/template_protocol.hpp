@@ -11,6 +11,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 extern "C" {
 
@@ -59,6 +62,29 @@ struct safepy_exit_message {
     uint64_t max_rss_kb;
 };
 }
+
+// One message with one control message (SCM_RIGHTS descriptors or
+// SCM_CREDENTIALS) of `Bytes` bytes, ready for sendmsg(frame.header).
+template <size_t Bytes>
+struct SafepyFrame {
+    SafepyFrame(const void* message, size_t size, int type, const void* payload) : data{const_cast<void*>(message), size} {
+        header.msg_iov = &data;
+        header.msg_iovlen = 1;
+        header.msg_control = control;
+        header.msg_controllen = sizeof control;
+        cmsghdr* item = CMSG_FIRSTHDR(&header);
+        item->cmsg_level = SOL_SOCKET;
+        item->cmsg_type = type;
+        item->cmsg_len = CMSG_LEN(Bytes);
+        memcpy(CMSG_DATA(item), payload, Bytes);
+    }
+    SafepyFrame(const SafepyFrame&) = delete;
+    SafepyFrame& operator=(const SafepyFrame&) = delete;
+
+    iovec data;
+    alignas(cmsghdr) char control[CMSG_SPACE(Bytes)] = {};
+    msghdr header{};
+};
 
 static_assert(sizeof(safepy_run_limits) == 64);
 static_assert(sizeof(safepy_message) == 8);

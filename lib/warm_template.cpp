@@ -91,25 +91,14 @@ bool TemplateProcess::alive() const {
 
 bool TemplateProcess::send_spawn(int slot_socket) {
     const safepy_message message{SAFEPY_PROTOCOL_MAGIC, SAFEPY_MESSAGE_SPAWN};
-    iovec data{const_cast<safepy_message*>(&message), sizeof message};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    msghdr header{};
-    header.msg_iov = &data;
-    header.msg_iovlen = 1;
-    header.msg_control = control;
-    header.msg_controllen = sizeof control;
-    cmsghdr* item = CMSG_FIRSTHDR(&header);
-    item->cmsg_level = SOL_SOCKET;
-    item->cmsg_type = SCM_RIGHTS;
-    item->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(item), &slot_socket, sizeof slot_socket);
+    SafepyFrame<sizeof slot_socket> frame(&message, sizeof message, SCM_RIGHTS, &slot_socket);
     std::lock_guard lock(m_control_mutex);
     if (!m_control) {
         return false;
     }
     ssize_t sent;
     do {
-        sent = sendmsg(m_control.get(), &header, MSG_NOSIGNAL);
+        sent = sendmsg(m_control.get(), &frame.header, MSG_NOSIGNAL);
     } while (sent < 0 && errno == EINTR);
     return sent == static_cast<ssize_t>(sizeof message);
 }
