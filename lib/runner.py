@@ -117,6 +117,9 @@ def _safepy_runner():
             if formatter is None:
                 import traceback
                 formatter = traceback.format_exception
+                # Before linecache looks for a file named script.py in /tmp.
+                lines = script_text.splitlines(True)
+                sys.modules["linecache"].cache["script.py"] = (len(script_text), None, lines, "script.py")
             lines = formatter(type(error), error, frames)
             text = "".join(lines)
         except BaseException:
@@ -181,7 +184,7 @@ def _safepy_runner():
         send("input_error", "Input could not be placed in the run: " + describe(error))
         return
 
-    text = source.decode("utf-8", "replace")
+    text = script_text = source.decode("utf-8", "replace")
     module = types.ModuleType("script")
     module.__file__ = "script.py"
     # Tracebacks show the script's lines: from linecache's cache when it is
@@ -319,7 +322,8 @@ def _plainly_callable(main, args, function_type):
     # True when main is a plain Python function that main() or main(**args)
     # certainly binds to, read off its code object; False sends the caller
     # to inspect.signature, which also finds the words for what is wrong.
-    if type(main) is not function_type or "__wrapped__" in main.__dict__ or "__signature__" in main.__dict__:
+    if type(main) is not function_type or any(
+            name in main.__dict__ for name in ("__wrapped__", "__signature__", "_partialmethod", "__partialmethod__")):
         return False  # inspect.signature would describe another callable
     code = main.__code__
     given = args or {}

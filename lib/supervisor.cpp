@@ -194,6 +194,10 @@ private:
                 return;
             }
             auto wait = k_cpu_tick;
+            if (!m_exited && !m_killed && cpu_limit_us > 0) {
+                const auto to_read = std::chrono::ceil<std::chrono::milliseconds>(next_cpu_read - Clock::now());
+                wait = std::clamp(to_read, std::chrono::milliseconds(0), k_cpu_tick);
+            }
             if (exited_at) {
                 const auto left = k_drain_grace - (Clock::now() - *exited_at);
                 if (left <= Clock::duration::zero()) {

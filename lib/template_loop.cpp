@@ -251,6 +251,12 @@ void collapse_anonymous_memory() {
         used += static_cast<size_t>(got);
     }
     close(maps);
+    if (used == sizeof text - 1) {
+        // Cut short: keep whole lines only.
+        while (used > 0 && text[used - 1] != '\n') {
+            --used;
+        }
+    }
     text[used] = '\0';
     for (char* line = text; *line;) {
         char* end = std::strchr(line, '\n');
@@ -261,6 +267,13 @@ void collapse_anonymous_memory() {
         char* cursor = nullptr;
         const uintptr_t start = std::strtoull(line, &cursor, 16);
         const uintptr_t stop = *cursor == '-' ? std::strtoull(cursor + 1, &cursor, 16) : 0;
+        if (*cursor != ' ' || std::strlen(cursor) < 5) {
+            if (!end) {
+                break;
+            }
+            line = end + 1;
+            continue;  // not a line of the form this reads
+        }
         const char* perms = cursor + 1;
         const char* path = perms;
         for (int field = 0; field < 4 && *path; ++field) {
