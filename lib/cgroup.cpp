@@ -705,6 +705,12 @@ Cgroups Cgroups::detect() {
                 }
                 sweep_stale(runs);
                 cgroups.weigh_base();
+                // memory.peak takes writes (a reset) from Linux 6.12 on.
+                const int peak = open((runs + "/memory.peak").c_str(), O_RDWR | O_CLOEXEC);
+                cgroups.m_recyclable = peak >= 0;
+                if (peak >= 0) {
+                    close(peak);
+                }
                 return cgroups;
             }
         }
@@ -740,6 +746,7 @@ Cgroups Cgroups::detect() {
         sweep_stale(base);
     }
     cgroups.weigh_base();
+    cgroups.m_recyclable = true;
     return cgroups;
 }
 

@@ -99,7 +99,8 @@ public:
     // holds at most k_recycle_memory_bytes of memory, and each counter a run
     // reports starts again from zero (peak memory and CPU time reset or
     // measured from here, OOM kills counted from here). False, with why, when
-    // it cannot be reused; it must then be removed.
+    // it cannot be reused; it must then be removed. Only where
+    // Cgroups::recyclable().
     bool recycle(std::string& why);
 
     // What a recycled cgroup may still hold: page cache the last run read,
@@ -142,6 +143,10 @@ public:
     // Why swap escapes the memory limit (swap on, not accounted); empty when it does not.
     std::string swap_note() const;
 
+    // Whether a run's cgroup can be recycled (RunCgroup::recycle) here: on v1,
+    // and on v2 where memory.peak can be reset (Linux 6.12+). Decided once.
+    bool recyclable() const { return m_recyclable; }
+
     // A new cgroup for one run with the memory and pids limits applied.
     std::unique_ptr<RunCgroup> create(const Limits& limits, std::string& error) const;
 
@@ -153,6 +158,7 @@ private:
     int m_cpuacct = -1;
     int m_cpu = -1;
     std::string m_reason;
+    bool m_recyclable = false;
 };
 
 }  // namespace safepy

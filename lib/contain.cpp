@@ -19,49 +19,6 @@
 namespace safepy::contain {
 namespace {
 
-// Appends to a fixed buffer without allocating; false when it does not fit.
-class Text {
-public:
-    Text(char* buffer, size_t size) : m_buffer(buffer), m_size(size) { m_buffer[0] = '\0'; }
-
-    Text& add(const char* text) {
-        while (*text) {
-            put(*text++);
-        }
-        return *this;
-    }
-
-    Text& add(uint64_t number) {
-        char digits[24];
-        size_t n = 0;
-        do {
-            digits[n++] = static_cast<char>('0' + number % 10);
-            number /= 10;
-        } while (number > 0);
-        while (n > 0) {
-            put(digits[--n]);
-        }
-        return *this;
-    }
-
-    bool fits() const { return m_fits; }
-
-private:
-    void put(char c) {
-        if (m_used + 1 >= m_size) {
-            m_fits = false;
-            return;
-        }
-        m_buffer[m_used++] = c;
-        m_buffer[m_used] = '\0';
-    }
-
-    char* m_buffer;
-    size_t m_size;
-    size_t m_used = 0;
-    bool m_fits = true;
-};
-
 Failure fail(const char* step) { return Failure{step, errno != 0 ? errno : EINVAL}; }
 
 int retry_close(int fd) {
@@ -360,6 +317,11 @@ Failure no_new_privs() {
     return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 ? Failure{} : fail("no_new_privs");
 }
 
+const char* error_text(int error_number) {
+    const char* text = strerrordesc_np(error_number);
+    return text ? text : "unknown error";
+}
+
 Failure close_descriptors_from(unsigned first, bool on_exec) {
     return syscall(SYS_close_range, first, ~0U, on_exec ? CLOSE_RANGE_CLOEXEC : 0) == 0 ? Failure{}
                                                                                         : fail("close descriptors");
@@ -387,8 +349,7 @@ extern "C" int safepy_contain(const safepy_contain_request* request, char* error
     }
     const Failure failure = execute(plan);
     if (!failure.ok()) {
-        report(failure.step, strerrordesc_np(failure.error_number) ? strerrordesc_np(failure.error_number)
-                                                                   : "unknown error");
+        report(failure.step, error_text(failure.error_number));
         return failure.error_number;
     }
     return 0;

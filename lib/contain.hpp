@@ -117,4 +117,52 @@ Failure drop_credentials(uint32_t uid, uint32_t gid);  // setgroups, setresgid, 
 Failure no_new_privs();
 Failure close_descriptors_from(unsigned first, bool on_exec);  // close_range
 
+// strerror without locale or allocation: async-signal-safe.
+const char* error_text(int error_number);
+
+// Appends to a fixed buffer without allocating; fits() is false once
+// something did not fit.
+class Text {
+public:
+    Text(char* buffer, size_t size) : m_buffer(buffer), m_size(size) { m_buffer[0] = '\0'; }
+
+    Text& add(const char* text) {
+        while (*text) {
+            put(*text++);
+        }
+        return *this;
+    }
+
+    Text& add(uint64_t number) {
+        char digits[24];
+        size_t n = 0;
+        do {
+            digits[n++] = static_cast<char>('0' + number % 10);
+            number /= 10;
+        } while (number > 0);
+        while (n > 0) {
+            put(digits[--n]);
+        }
+        return *this;
+    }
+
+    bool fits() const { return m_fits; }
+
+private:
+    void put(char c) {
+        if (m_used + 1 >= m_size) {
+            m_fits = false;
+            return;
+        }
+        m_buffer[m_used++] = c;
+        m_buffer[m_used] = '\0';
+    }
+
+    char* m_buffer;
+    size_t m_size;
+    size_t m_used = 0;
+    bool m_fits = true;
+};
+
+
 }  // namespace safepy::contain

@@ -9,7 +9,6 @@
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
-#include <initializer_list>
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/random.h>
@@ -36,34 +35,25 @@ struct Child {
 Child g_children[k_max_children];
 int g_child_count = 0;
 
-void copy_text(char* out, size_t size, const char* first, const char* second = "", const char* third = "",
-               const char* fourth = "") {
-    if (!out || size == 0) {
-        return;
-    }
-    size_t used = 0;
-    for (const char* part : {first, second, third, fourth}) {
-        for (; *part && used + 1 < size; ++part) {
-            out[used++] = *part;
-        }
-    }
-    out[used] = '\0';
-}
-
 constexpr const char* k_child_failed = "safepy warm child set-up failed: ";
 constexpr const char* k_spawn_failed = "safepy warm template could not start a child: ";
 
-const char* reason(int error_number) {
-    const char* text = strerrordesc_np(error_number);
-    return text ? text : "unknown error";
-}
-
+// The template's log: its stderr, which the host collects.
 void write_stderr(const char* first, const char* second, const char* third = "", const char* fourth = "") {
     char line[512];
-    copy_text(line, sizeof line - 1, first, second, third, fourth);
+    Text text(line, sizeof line - 1);
+    text.add(first).add(second).add(third).add(fourth);
     const size_t length = std::strlen(line);
     line[length] = '\n';
     [[maybe_unused]] const ssize_t written = write(2, line, length + 1);
+}
+
+// For the caller of safepy_template_serve, when it cannot serve.
+int refuse(char* error, size_t error_len, const char* what, const char* why, int error_number) {
+    if (error && error_len > 0) {
+        Text(error, error_len).add(what).add(why);
+    }
+    return -error_number;
 }
 
 ssize_t send_all_flags(int socket, const msghdr* header) {
@@ -159,7 +149,7 @@ void refill(const safepy_reseed* reseed, uint32_t count) {
                 continue;
             }
             if (got <= 0) {
-                write_stderr(k_child_failed, "getrandom: ", reason(errno));
+                write_stderr(k_child_failed, "getrandom: ", error_text(errno));
                 _exit(71);
             }
             done += static_cast<uint64_t>(got);
@@ -180,7 +170,7 @@ bool run_stage(const safepy_contain_request& request, uint32_t uid, uint32_t gid
         return false;
     }
     if (const Failure failure = execute(plan); !failure.ok()) {
-        write_stderr(context, failure.step, ": ", reason(failure.error_number));
+        write_stderr(context, failure.step, ": ", error_text(failure.error_number));
         return false;
     }
     return true;
@@ -300,19 +290,13 @@ void collapse_anonymous_memory() {
     }
 }
 
-// Forks a prepared child for `slot`. Returns 0 in the template; in the child
-// it does not return here (see serve).
+// Forks a prepared child for `slot`. In the template child_mode stays -1;
+// in the child it is the run's mode, with the child contained (see serve).
 void start_child(int control_fd, int slot, const void* bpf, uint64_t bpf_bytes, const safepy_reseed* reseed,
                  uint32_t reseed_count, int& child_mode) {
     child_mode = -1;
     if (g_child_count >= k_max_children) {
         write_stderr(k_spawn_failed, "too many children at once");
-        close(slot);
-        return;
-    }
-    if (const int threads = thread_count(); threads != 1) {
-        write_stderr(k_spawn_failed,
-                     threads < 0 ? "cannot count its threads" : "it has more than one thread");
         close(slot);
         return;
     }
@@ -325,7 +309,7 @@ void start_child(int control_fd, int slot, const void* bpf, uint64_t bpf_bytes, 
     }
     const pid_t pid = fork();
     if (pid < 0) {
-        write_stderr(k_spawn_failed, "fork: ", reason(errno));
+        write_stderr(k_spawn_failed, "fork: ", error_text(errno));
         close(slot);
         return;
     }
@@ -349,7 +333,7 @@ void start_child(int control_fd, int slot, const void* bpf, uint64_t bpf_bytes, 
         // Without a pidfd its exit could not be reported: end it now.
         kill(pid, SIGKILL);
         waitpid(pid, nullptr, 0);
-        write_stderr(k_spawn_failed, "pidfd_open: ", reason(errno));
+        write_stderr(k_spawn_failed, "pidfd_open: ", error_text(errno));
         close(slot);
         return;
     }
@@ -391,14 +375,20 @@ extern "C" int safepy_template_serve(int control_fd, const void* bpf, uint64_t b
                                      size_t error_len) {
     using namespace safepy::contain;
     if (control_fd < 0 || !bpf || bpf_bytes == 0) {
-        copy_text(error, error_len, "serve: ", "missing control socket or seccomp filter");
-        return -EINVAL;
+        return refuse(error, error_len, "serve: ", "missing control socket or seccomp filter", EINVAL);
     }
     for (uint32_t i = 0; i < reseed_count; ++i) {
         if (!reseed || !reseed[i].key || reseed[i].key_bytes == 0) {
-            copy_text(error, error_len, "serve: ", "a generator to re-seed has no key");
-            return -EINVAL;
+            return refuse(error, error_len, "serve: ", "a generator to re-seed has no key", EINVAL);
         }
+    }
+    // Only this loop runs from here on, and it starts no thread: one check
+    // covers every fork.
+    if (const int threads = thread_count(); threads != 1) {
+        return refuse(error, error_len, "serve: ",
+                      threads < 0 ? "cannot count the template's threads"
+                                  : "the template has more than one thread, whose locks a child would inherit",
+                      EBUSY);
     }
     collapse_anonymous_memory();
     pollfd items[1 + k_max_children];
@@ -414,8 +404,7 @@ extern "C" int safepy_template_serve(int control_fd, const void* bpf, uint64_t b
                 continue;
             }
             const int saved = errno;
-            copy_text(error, error_len, "poll: ", reason(saved));
-            return -saved;
+            return refuse(error, error_len, "poll: ", error_text(saved), saved);
         }
         // Children first, from the last so that removing one keeps the
         // others' indices (reap_child moves the last into the gap).

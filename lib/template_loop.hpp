@@ -37,9 +37,10 @@ struct safepy_reseed {
 // last). Returns only in such a child: its mode (SAFEPY_MODE_RUN or
 // SAFEPY_MODE_CHECK), with descriptors 1-4 arranged for the runner; or, in the
 // template, -errno with "what: reason" in `error` when it cannot serve at all.
-// The caller must be single-threaded (checked before each fork): children are
-// forked with fork() and without Python's fork handlers, whose work is to mend
-// other threads' locks and to re-seed; `reseed` lists what to re-seed instead.
+// The caller must be single-threaded (checked once, -EBUSY otherwise: the
+// loop starts no thread): children are forked with fork() and without
+// Python's fork handlers, whose work is to mend other threads' locks and to
+// re-seed; `reseed` lists what to re-seed instead.
 __attribute__((visibility("default"))) int safepy_template_serve(int control_fd, const void* bpf,
                                                                  uint64_t bpf_bytes,
                                                                  const struct safepy_reseed* reseed,

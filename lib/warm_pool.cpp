@@ -102,17 +102,17 @@ struct WarmPool::Impl {
     // empty and its counters start over, else removed with the slot.
     void retire(std::deque<std::unique_ptr<Slot>>& finished) {
         for (auto& slot : finished) {
-            if (!slot->cgroup) {
+            if (!slot->cgroup || !settings.cgroups || !settings.cgroups->recyclable()) {
                 continue;
             }
-            std::string why;
             {
                 std::lock_guard lock(mutex);
                 if (spares.size() >= max_spares) {
                     continue;
                 }
             }
-            if (slot->cgroup->recycle(why)) {
+            // One that cannot be reused is removed with its slot below.
+            if (std::string why; slot->cgroup->recycle(why)) {
                 std::lock_guard lock(mutex);
                 spares.push_back(SpareCgroup{std::move(slot->cgroup), slot->cgroup_limits});
             }

@@ -20,28 +20,6 @@ namespace {
 constexpr auto k_ready_timeout = std::chrono::seconds(20);
 constexpr auto k_exit_report_timeout = std::chrono::seconds(2);
 
-bool send_with_fds(int socket, const void* message, std::size_t size, const std::vector<int>& fds) {
-    iovec data{const_cast<void*>(message), size};
-    msghdr header{};
-    header.msg_iov = &data;
-    header.msg_iovlen = 1;
-    std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
-    if (!fds.empty()) {
-        header.msg_control = control.data();
-        header.msg_controllen = control.size();
-        cmsghdr* item = CMSG_FIRSTHDR(&header);
-        item->cmsg_level = SOL_SOCKET;
-        item->cmsg_type = SCM_RIGHTS;
-        item->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-        std::memcpy(CMSG_DATA(item), fds.data(), sizeof(int) * fds.size());
-    }
-    ssize_t sent;
-    do {
-        sent = sendmsg(socket, &header, MSG_NOSIGNAL);
-    } while (sent < 0 && errno == EINTR);
-    return sent == static_cast<ssize_t>(size);
-}
-
 bool wait_readable(int fd, std::chrono::milliseconds timeout) {
     pollfd item{fd, POLLIN, 0};
     int ready;
@@ -192,8 +170,13 @@ bool start_run(Slot& slot, const Request& request, bool rlimit_memory, SlotPipes
         return false;
     }
     const safepy_run_message message = run_message(request, rlimit_memory);
-    if (!send_with_fds(slot.socket.get(), &message, sizeof message,
-                       {out_write.get(), err_write.get(), result_write.get(), script.get()})) {
+    const int fds[] = {out_write.get(), err_write.get(), result_write.get(), script.get()};
+    SafepyFrame<sizeof fds> frame(&message, sizeof message, SCM_RIGHTS, fds);
+    ssize_t sent;
+    do {
+        sent = sendmsg(slot.socket.get(), &frame.header, MSG_NOSIGNAL);
+    } while (sent < 0 && errno == EINTR);
+    if (sent != static_cast<ssize_t>(sizeof message)) {
         error = "the prepared child is gone";
         return false;
     }
